@@ -1,0 +1,1 @@
+"""The NumPy training engine: ops compiled from the IR, losses, optimizers, trainer."""

@@ -1,0 +1,68 @@
+"""The op interface every engine layer implements, and the table keyed by IR kind.
+
+An op is compiled from one :class:`dnnspec.ir.Layer`. Parameters live outside the op,
+in the network's ``params`` dict keyed by full names (``dense1.kernel``); an op reads
+them from ``params`` and writes its gradients into ``grads`` under the same names.
+
+    y = op.forward(x, params, training, rng)     # x: (N, *layer.in_shape)
+    dx = op.backward(dy, params, grads)          # dy: (N, *layer.out_shape)
+
+``forward`` keeps what ``backward`` needs on the op (one forward, then one backward,
+as the trainer calls them). ``op.need_dx = False`` lets the first layer skip its input
+gradient, which nothing needs. Batch-norm running statistics are entries of ``params``
+too (trainable=False); ``forward(training=True)`` updates them in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..ir import Layer
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register(*kinds: str):
+    """Class decorator: make the op class the engine's implementation of these IR kinds."""
+
+    def deco(cls: type[Op]) -> type[Op]:
+        for k in kinds:
+            OPS[k] = cls
+        return cls
+
+    return deco
+
+
+class Op:
+    """Base of every engine op. Subclasses override forward and backward."""
+
+    kinds: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, layer: Layer, dtype: Any = np.float32):
+        self.layer = layer
+        self.name = layer.name
+        self.opts = layer.options
+        self.dtype = np.dtype(dtype)
+        self.need_dx = True
+
+    def key(self, local: str) -> str:
+        return f"{self.name}.{local}"
+
+    def forward(self, x: np.ndarray, params: dict[str, np.ndarray], training: bool,
+                rng: np.random.Generator | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, params: dict[str, np.ndarray],
+                 grads: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def compile_op(layer: Layer, dtype: Any = np.float32) -> Op:
+    """The engine op for one IR layer; the kind must be registered."""
+    try:
+        cls = OPS[layer.kind]
+    except KeyError:
+        raise NotImplementedError(f"the engine has no op for layer kind {layer.kind!r}") from None
+    return cls(layer, dtype)

@@ -1,0 +1,501 @@
+"""The option schema of the .dnn language: every statement, layer and augmentation op.
+
+The grammar only knows generic ``name=value`` pairs and positional values; this table
+says which options exist, their types, defaults and valid ranges. The front end checks
+parsed values against it (``Schema.bind``), ``docs/language.md`` documents it, and
+``dnnspec check --render`` prints specs back from it. One place, one truth.
+
+Raw values, as the parser hands them over, are plain Python values:
+``int``, ``float`` (``1/255`` is already divided), ``bool`` (``true``/``false``),
+``str`` (identifiers and quoted strings), :class:`Quantity` (``2px``, ``10deg``,
+``10%``), :class:`Range` (``0.9..1.1``) and ``list`` (``[1, 28, 28]``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A number with a unit: ``2px``, ``10deg``, ``10%``."""
+
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed interval written ``lo..hi``."""
+
+    lo: float
+    hi: float
+
+
+class OptionError(ValueError):
+    """A raw value that does not fit its option's type or range."""
+
+
+REQUIRED = object()
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Quantity):
+        return f"{v.value:g}{v.unit}"
+    if isinstance(v, Range):
+        return f"{v.lo:g}..{v.hi:g}"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Int:
+    lo: int | None = None
+    hi: int | None = None
+
+    def convert(self, v: Any) -> int:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise OptionError(f"expected a whole number, found {_describe(v)}")
+        v = int(v)
+        if self.lo is not None and v < self.lo:
+            raise OptionError(f"must be at least {self.lo}, found {v}")
+        if self.hi is not None and v > self.hi:
+            raise OptionError(f"must be at most {self.hi}, found {v}")
+        return v
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"integer in [{self.lo}, {self.hi}]"
+        if self.lo is not None:
+            return f"integer >= {self.lo}"
+        return "integer"
+
+
+@dataclass(frozen=True)
+class Float:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def convert(self, v: Any) -> float:
+        if not _num(v):
+            raise OptionError(f"expected a number, found {_describe(v)}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise OptionError(f"expected a finite number, found {v}")
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            raise OptionError(f"must be in {self.describe_range()}, found {v:g}")
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            raise OptionError(f"must be in {self.describe_range()}, found {v:g}")
+        return v
+
+    def describe_range(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        left = "(" if self.lo is None or self.lo_open else "["
+        right = ")" if self.hi is None or self.hi_open else "]"
+        return f"{left}{lo}, {hi}{right}"
+
+    def describe(self) -> str:
+        return "number" if self.lo is None and self.hi is None else f"number in {self.describe_range()}"
+
+
+@dataclass(frozen=True)
+class Bool:
+    def convert(self, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise OptionError(f"expected true or false, found {_describe(v)}")
+        return v
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[str, ...]
+
+    def convert(self, v: Any) -> str:
+        if not isinstance(v, str) or v not in self.values:
+            raise OptionError(f"expected one of {', '.join(self.values)}; found {_describe(v)}")
+        return v
+
+    def describe(self) -> str:
+        return " | ".join(self.values)
+
+
+@dataclass(frozen=True)
+class Text:
+    def convert(self, v: Any) -> str:
+        if not isinstance(v, str):
+            raise OptionError(f"expected a name or a quoted string, found {_describe(v)}")
+        return v
+
+    def describe(self) -> str:
+        return "name or quoted string"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One positive int for both sides, or ``[h, w]``; stored as ``(h, w)``."""
+
+    lo: int = 1
+
+    def convert(self, v: Any) -> tuple[int, int]:
+        items = v if isinstance(v, list) else [v, v]
+        if len(items) != 2:
+            raise OptionError(f"expected a number or [height, width], found {len(items)} values")
+        inner = Int(self.lo)
+        return (inner.convert(items[0]), inner.convert(items[1]))
+
+    def describe(self) -> str:
+        return f"integer >= {self.lo} or [h, w]"
+
+
+@dataclass(frozen=True)
+class Padding:
+    """``same``, ``valid`` or a non-negative pixel count (or ``[h, w]``)."""
+
+    def convert(self, v: Any) -> str | tuple[int, int]:
+        if v in ("same", "valid"):
+            return v
+        if isinstance(v, str):
+            raise OptionError(f"expected same, valid or a number of pixels; found {_describe(v)}")
+        return Pair(0).convert(v)
+
+    def describe(self) -> str:
+        return "same | valid | pixels | [h, w]"
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """``lo..hi`` within bounds; a single number ``x`` means ``x..x``."""
+
+    lo: float | None = None
+    hi: float | None = None
+
+    def convert(self, v: Any) -> tuple[float, float]:
+        if _num(v):
+            v = Range(float(v), float(v))
+        if not isinstance(v, Range):
+            raise OptionError(f"expected a range lo..hi, found {_describe(v)}")
+        if v.lo > v.hi:
+            raise OptionError(f"range {_describe(v)} is empty: write the smaller bound first")
+        for x in (v.lo, v.hi):
+            if (self.lo is not None and x < self.lo) or (self.hi is not None and x > self.hi):
+                raise OptionError(f"bounds must lie in [{self.lo:g}, {self.hi:g}], found {_describe(v)}")
+        return (float(v.lo), float(v.hi))
+
+    def describe(self) -> str:
+        return f"range lo..hi within [{self.lo:g}, {self.hi:g}]"
+
+
+@dataclass(frozen=True)
+class Length:
+    """A shift: ``2px`` (pixels), ``0.1`` or ``10%`` (fraction of the side). Stored ``(amount, unit)``.
+
+    ``unit`` is ``"px"`` or ``"frac"``.
+    """
+
+    def convert(self, v: Any) -> tuple[float, str]:
+        if isinstance(v, Quantity) and v.unit == "px" and v.value >= 0:
+            return (float(v.value), "px")
+        if isinstance(v, Quantity) and v.unit == "%" and 0 <= v.value < 100:
+            return (float(v.value) / 100.0, "frac")
+        if _num(v) and 0 <= v < 1:
+            return (float(v), "frac")
+        raise OptionError(f"expected pixels (2px) or a fraction of the side (0.1 or 10%), found {_describe(v)}")
+
+    def describe(self) -> str:
+        return "pixels like 2px, or a fraction like 0.1 or 10%"
+
+
+@dataclass(frozen=True)
+class Angle:
+    """Degrees, written ``10deg`` or ``10``; stored as a float in [0, 180]."""
+
+    def convert(self, v: Any) -> float:
+        if isinstance(v, Quantity) and v.unit == "deg":
+            v = v.value
+        if not _num(v) or not 0 <= v <= 180:
+            raise OptionError(f"expected an angle in degrees between 0 and 180 (10deg), found {_describe(v)}")
+        return float(v)
+
+    def describe(self) -> str:
+        return "degrees in [0, 180], like 10deg"
+
+
+@dataclass(frozen=True)
+class FloatList:
+    """One number, or ``[a, b, ...]`` (per channel / per feature); stored as a tuple."""
+
+    positive: bool = False
+
+    def convert(self, v: Any) -> tuple[float, ...]:
+        items = v if isinstance(v, list) else [v]
+        out = tuple(Float(0.0, None, lo_open=True).convert(x) if self.positive else Float().convert(x)
+                    for x in items)
+        if not out:
+            raise OptionError("expected at least one number")
+        return out
+
+    def describe(self) -> str:
+        return "number or [numbers]" + (" > 0" if self.positive else "")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: its type, its default (``REQUIRED`` if it has none) and a one-line doc."""
+
+    name: str
+    type: Any
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The options of one statement, layer or augmentation op, in positional order first."""
+
+    name: str
+    options: tuple[Opt, ...] = ()
+    positional: tuple[str, ...] = ()
+    doc: str = ""
+    example: str = ""
+    by_name: dict[str, Opt] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({o.name: o for o in self.options})
+
+    def bind(self, positional: list[Any], named: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """Check raw values; return (every option with defaults filled, names written explicitly).
+
+        Raises OptionError (with ``.option`` set) at the first bad value; the front end
+        calls :meth:`bind_one` per option to report them all.
+        """
+        values: dict[str, Any] = {}
+        if len(positional) > len(self.positional):
+            err = OptionError(f"'{self.name}' takes at most {len(self.positional)} value(s) without a name, "
+                              f"found {len(positional)}")
+            err.option = None  # type: ignore[attr-defined]
+            raise err
+        for opt_name, raw in zip(self.positional, positional):
+            values[opt_name] = self.bind_one(opt_name, raw)
+        for opt_name, raw in named.items():
+            values[opt_name] = self.bind_one(opt_name, raw)
+        explicit = set(values)
+        for o in self.options:
+            if o.name not in values:
+                if o.default is REQUIRED:
+                    err = OptionError(f"'{self.name}' needs a value for '{o.name}'")
+                    err.option = o.name  # type: ignore[attr-defined]
+                    raise err
+                values[o.name] = o.default
+        return values, explicit
+
+    def bind_one(self, opt_name: str, raw: Any) -> Any:
+        opt = self.by_name.get(opt_name)
+        if opt is None:
+            err = OptionError(f"'{self.name}' has no option '{opt_name}'")
+            err.option = opt_name  # type: ignore[attr-defined]
+            raise err
+        try:
+            return opt.type.convert(raw)
+        except OptionError as e:
+            err = OptionError(f"{self.name} {opt_name}: {e}")
+            err.option = opt_name  # type: ignore[attr-defined]
+            raise err from None
+
+
+# --- shared option groups ---------------------------------------------------------
+
+INITS = ("auto", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform",
+         "lecun_normal", "lecun_uniform", "normal", "uniform", "zeros")
+FANS = ("auto", "avg", "in", "out")
+
+_INIT_OPTS = (
+    Opt("init", Choice(INITS), "auto",
+        "weight initialisation; auto picks Xavier before sigmoid/tanh/softmax, He before the ReLU family"),
+    Opt("fan", Choice(FANS), "auto",
+        "fan mode of the variance-scaling inits: avg = (n_in+n_out)/2 as in the lecture; in; out. "
+        "auto = avg for xavier/he, in for lecun"),
+    Opt("std", Float(0.0, None, lo_open=True), 0.01, "standard deviation of init=normal"),
+    Opt("limit", Float(0.0, None, lo_open=True), 0.05, "half-width of init=uniform"),
+)
+_NAME = Opt("name", Text(), None, "the layer's name; default <kind><n>, e.g. dense1")
+
+# --- layers -----------------------------------------------------------------------
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "sigmoid", "tanh", "softmax")
+
+LAYERS: dict[str, Schema] = {s.name: s for s in (
+    Schema("dense", (Opt("units", Int(1)), *_INIT_OPTS,
+                     Opt("bias", Bool(), True, "add a learned bias"), _NAME),
+           positional=("units",), doc="fully connected layer y = x W + b; W is (in, units)",
+           example="dense 256 init=he_normal"),
+    Schema("conv2d", (Opt("filters", Int(1)),
+                      Opt("kernel", Pair(1), (3, 3), "kernel size k or [kh, kw]"),
+                      Opt("stride", Pair(1), (1, 1), "stride s or [sh, sw]"),
+                      Opt("padding", Padding(), "valid", "same, valid, or pixels per side"),
+                      *_INIT_OPTS, Opt("bias", Bool(), True, "add a learned bias per filter"), _NAME),
+           positional=("filters",), doc="2-D convolution, NCHW; kernel is (filters, in_channels, kh, kw)",
+           example="conv2d 32 kernel=3 padding=same"),
+    Schema("maxpool", (Opt("kernel", Pair(1), (2, 2), "window size"),
+                       Opt("stride", Pair(1), None, "stride; default = kernel"),
+                       Opt("padding", Pair(0), (0, 0), "pixels of padding per side"), _NAME),
+           positional=("kernel",), doc="max pooling", example="maxpool 2"),
+    Schema("avgpool", (Opt("kernel", Pair(1), (2, 2), "window size"),
+                       Opt("stride", Pair(1), None, "stride; default = kernel"),
+                       Opt("padding", Pair(0), (0, 0), "pixels of zero padding per side (not counted)"),
+                       _NAME),
+           positional=("kernel",), doc="average pooling", example="avgpool 2"),
+    Schema("global_avgpool", (_NAME,), doc="mean over height and width: (C, H, W) -> (C,)",
+           example="global_avgpool"),
+    Schema("flatten", (_NAME,), doc="(C, H, W) -> (C*H*W,)", example="flatten"),
+    Schema("batchnorm", (Opt("momentum", Float(0.0, 1.0, hi_open=True), 0.99,
+                             "running = momentum*running + (1-momentum)*batch"),
+                         Opt("eps", Float(0.0, None, lo_open=True), 1e-5, "added to the variance"),
+                         _NAME),
+           doc="batch normalisation per feature (dense) or per channel (conv)",
+           example="batchnorm momentum=0.99"),
+    Schema("dropout", (Opt("rate", Float(0.0, 1.0, hi_open=True)),
+                       Opt("mode", Choice(("inverted", "scale")), "inverted",
+                           "inverted: divide by keep prob while training; scale: multiply by keep prob "
+                           "at evaluation (the lecture's weight scaling)"), _NAME),
+           positional=("rate",), doc="drop units with probability rate while training",
+           example="dropout 0.3"),
+    Schema("relu", (_NAME,), doc="max(0, x)", example="relu"),
+    Schema("leaky_relu", (Opt("alpha", Float(0.0, None), 0.01, "slope for x < 0 (initial value if learned)"),
+                          Opt("learn", Bool(), False, "learn the slope (PReLU)"),
+                          Opt("per", Choice(("layer", "channel")), "layer",
+                              "one learned slope for the layer, or one per channel/feature"), _NAME),
+           doc="x if x >= 0 else alpha*x", example="leaky_relu alpha=0.1 learn=true per=channel"),
+    Schema("elu", (Opt("alpha", Float(0.0, None, lo_open=True), 1.0, "scale of the negative part"),
+                   Opt("learn", Bool(), False, "learn alpha"),
+                   Opt("per", Choice(("layer", "channel")), "layer",
+                       "one learned alpha for the layer, or one per channel/feature"), _NAME),
+           doc="x if x >= 0 else alpha*(exp(x)-1)", example="elu alpha=1.0"),
+    Schema("softplus", (_NAME,), doc="log(1 + exp(x))", example="softplus"),
+    Schema("sigmoid", (_NAME,), doc="1 / (1 + exp(-x))", example="sigmoid"),
+    Schema("tanh", (_NAME,), doc="tanh(x)", example="tanh"),
+    Schema("softmax", (_NAME,), doc="exp(x_i) / sum_j exp(x_j); last layer, before cross_entropy",
+           example="softmax"),
+)}
+
+# Default layer-name prefixes: dense1, conv1, bn1, ...
+NAME_PREFIX = {"conv2d": "conv", "batchnorm": "bn", "global_avgpool": "gap"}
+
+# --- augmentation ops ----------------------------------------------------------------
+
+AUGMENT: dict[str, Schema] = {s.name: s for s in (
+    Schema("flip", (Opt("direction", Choice(("horizontal", "vertical")), "horizontal"),
+                    Opt("p", Float(0.0, 1.0), 0.5, "probability of flipping an image")),
+           positional=("direction",), doc="mirror images", example="flip horizontal p=0.5"),
+    Schema("translate", (Opt("amount", Length()),),
+           positional=("amount",), doc="shift by up to amount in x and y (uniform)",
+           example="translate 2px"),
+    Schema("rotate", (Opt("degrees", Angle()),),
+           positional=("degrees",), doc="rotate by an angle uniform in [-degrees, degrees]",
+           example="rotate 10deg"),
+    Schema("scale", (Opt("range", FloatRange(0.1, 10.0)),),
+           positional=("range",), doc="zoom by a factor uniform in the range", example="scale 0.9..1.1"),
+    Schema("contrast", (Opt("range", FloatRange(0.0, 10.0)),),
+           positional=("range",), doc="scale deviations from each image's mean by a factor in the range",
+           example="contrast 0.8..1.2"),
+    Schema("brightness", (Opt("delta", Float(0.0, 1.0)),),
+           positional=("delta",),
+           doc="add an offset uniform in [-delta, delta] times the input's value range",
+           example="brightness 0.1"),
+    Schema("crop", (Opt("padding", Int(0), 4, "zero-pad each side, then crop back to the input size"),),
+           positional=("padding",), doc="random crop with padding", example="crop 4"),
+    Schema("erase", (Opt("p", Float(0.0, 1.0), 0.5, "probability per image"),
+                     Opt("area", FloatRange(0.0, 1.0), (0.02, 0.25), "fraction of the image erased"),
+                     Opt("value", Float(), 0.0, "fill value (raw input units)")),
+           doc="random erasing (cutout) of one rectangle", example="erase p=0.5 area=0.02..0.25"),
+)}
+
+# Order in which ops run on a batch, whatever order the spec writes them in.
+AUGMENT_ORDER = ("crop", "flip", "translate", "rotate", "scale", "contrast", "brightness", "erase")
+
+# --- top-level statements --------------------------------------------------------
+
+LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+
+_OPT_COMMON = (
+    Opt("weight_decay", Float(0.0, None), 0.0, "weight decay coefficient (kernels only, not biases/BN)"),
+    Opt("decay_mode", Choice(("l2", "decoupled")), "l2",
+        "l2: add wd*w to the gradient; decoupled: w -= lr*wd*w after the step (AdamW)"),
+    Opt("clip_norm", Float(0.0, None), 0.0, "clip gradients to this global L2 norm; 0 = off"),
+)
+
+OPTIMIZER: dict[str, Schema] = {s.name: s for s in (
+    Schema("sgd", (Opt("lr", Float(0.0, None, lo_open=True), 0.01, "learning rate eta"),
+                   Opt("momentum", Float(0.0, 1.0, hi_open=True), 0.0, "momentum coefficient"),
+                   Opt("nesterov", Bool(), False, "Nesterov momentum"), *_OPT_COMMON),
+           doc="w <- w - lr*grad (with momentum: v <- momentum*v + grad; w <- w - lr*v)",
+           example="optimizer sgd lr=0.1 momentum=0.9 nesterov=true"),
+    Schema("adagrad", (Opt("lr", Float(0.0, None, lo_open=True), 0.01, "learning rate eta"),
+                       Opt("eps", Float(0.0, None, lo_open=True), 1e-10, "inside the square root"),
+                       *_OPT_COMMON),
+           doc="s <- s + g*g; w <- w - lr*g/sqrt(s+eps)", example="optimizer adagrad lr=0.01"),
+    Schema("rmsprop", (Opt("lr", Float(0.0, None, lo_open=True), 0.001, "learning rate eta"),
+                       Opt("beta", Float(0.0, 1.0, hi_open=True), 0.9, "decay rate of s"),
+                       Opt("eps", Float(0.0, None, lo_open=True), 1e-10, "inside the square root"),
+                       *_OPT_COMMON),
+           doc="s <- beta*s + (1-beta)*g*g; w <- w - lr*g/sqrt(s+eps)",
+           example="optimizer rmsprop lr=0.001 beta=0.9"),
+    Schema("adam", (Opt("lr", Float(0.0, None, lo_open=True), 0.001, "learning rate eta"),
+                    Opt("beta1", Float(0.0, 1.0, hi_open=True), 0.9, "decay of the first moment"),
+                    Opt("beta2", Float(0.0, 1.0, hi_open=True), 0.999, "decay of the second moment"),
+                    Opt("eps", Float(0.0, None, lo_open=True), 1e-8, "inside the square root"),
+                    *_OPT_COMMON),
+           doc="m <- b1*m + (1-b1)*g; s <- b2*s + (1-b2)*g*g; m_hat = m/(1-b1^t); "
+               "s_hat = s/(1-b2^t); w <- w - lr*m_hat/sqrt(s_hat+eps)",
+           example="optimizer adam lr=1e-3 beta1=0.9 beta2=0.999 eps=1e-8"),
+)}
+
+_WARMUP = Opt("warmup", Float(0.0, None), 0.0, "epochs of linear warm-up from 0 to lr (per step)")
+SCHEDULE: dict[str, Schema] = {s.name: s for s in (
+    Schema("constant", (_WARMUP,), doc="lr stays fixed", example="schedule constant"),
+    Schema("step", (Opt("every", Int(1), 10, "epochs between drops"),
+                    Opt("gamma", Float(0.0, 1.0, lo_open=True), 0.1, "factor per drop"), _WARMUP),
+           doc="lr * gamma^floor(epoch/every)", example="schedule step every=10 gamma=0.1"),
+    Schema("exponential", (Opt("gamma", Float(0.0, 1.0, lo_open=True), 0.95, "factor per epoch"), _WARMUP),
+           doc="lr * gamma^epoch (continuous, per step)", example="schedule exponential gamma=0.95"),
+    Schema("cosine", (Opt("min_lr", Float(0.0, None), 0.0, "lr at the end"), _WARMUP),
+           doc="min_lr + (lr-min_lr)*(1+cos(pi*progress))/2 over the epochs after warm-up",
+           example="schedule cosine warmup=1"),
+)}
+
+LOSS: dict[str, Schema] = {s.name: s for s in (
+    Schema("cross_entropy", doc="softmax cross-entropy; the spec ends with softmax", example="loss cross_entropy"),
+    Schema("binary_cross_entropy", doc="binary cross-entropy; the spec ends with sigmoid",
+           example="loss binary_cross_entropy"),
+    Schema("mse", doc="mean squared error; for regression", example="loss mse"),
+)}
+
+STATEMENTS: dict[str, Schema] = {s.name: s for s in (
+    Schema("input", (Opt("scale", Float(0.0, None, lo_open=True), 1.0,
+                         "raw inputs are multiplied by this inside the model, e.g. 1/255"),),
+           doc="input shape: [features] or image[C, H, W]", example="input image[1, 28, 28] scale=1/255"),
+    Schema("train", (Opt("epochs", Int(1), 10, "passes over the training data"),
+                     Opt("batch", Int(1), 32, "mini-batch size"),
+                     Opt("validation", Float(0.0, 1.0, hi_open=True), 0.1,
+                         "fraction of the training data held out for validation"),
+                     Opt("seed", Int(0, 2**32 - 1), 0, "seed of the one random generator"),
+                     Opt("early_stop", Int(0), 0, "patience in epochs on validation loss; 0 = off"),
+                     Opt("checkpoint_every", Int(0), 1, "epochs between checkpoints; 0 = only at the end")),
+           doc="the training recipe", example="train epochs=15 batch=128 validation=0.1 seed=7 early_stop=3"),
+)}
