@@ -1,0 +1,226 @@
+"""On-the-fly data augmentation of image batches, vectorised over the batch.
+
+``Augmenter(model.augment, model.input.shape, value_range)`` turns the spec's augment
+block into a function ``aug(x, rng) -> x'`` on raw-unit NCHW float32 training batches.
+Ops run in ``schema.AUGMENT_ORDER`` whatever order the spec writes them in:
+
+=========== ==========================================================================
+crop p      zero-pad p pixels on each side, cut an H x W window at a random offset
+flip        reverse W (horizontal) or H (vertical) for a random subset (probability p)
+translate a shift (tx, ty) uniform in [-a, a] pixels each (a fraction is times W, H)
+rotate d    angle uniform in [-d, d] degrees; positive = counter-clockwise on screen
+scale lo..hi zoom factor s uniform in [lo, hi] about the image centre
+contrast    x <- m + f (x - m), m the image's mean over (C, H, W), f uniform in range
+brightness  x <- x + b (hi - lo), b uniform in [-delta, delta] (value_range = (lo, hi))
+erase       with probability p, fill one rectangle of area fraction in range (aspect
+            ratio log-uniform in [0.3, 3.3]) with ``value``
+=========== ==========================================================================
+
+translate, rotate and scale form one affine map sampled once with bilinear
+interpolation. With image coordinates x (column, to the right) and y (row, downward)
+and centre c = ((W-1)/2, (H-1)/2), an output pixel p takes its value from the input at
+
+    p_in = (1/s) R(-theta) (p - c - t) + c,   R(a) = [[cos a, -sin a], [sin a, cos a]]
+
+in (x, -y) screen axes, so that theta = 90 deg equals ``np.rot90(img, 1, axes=(-2, -1))``
+(counter-clockwise) and t = (tx, ty) moves the content right and down. Samples outside
+the image read zeros. The result is clipped to ``value_range``; labels are unchanged.
+Every random number comes from the ``rng`` argument, drawn for the whole batch in a
+fixed order, so the same generator state gives the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import ir
+from .schema import AUGMENT_ORDER
+
+AFFINE = ("translate", "rotate", "scale")
+
+
+class Augmenter:
+    """A batch transform built from ``ir.Step``s (kinds and options of ``schema.AUGMENT``).
+
+    ``input_shape``: ``(C, H, W)``; ``value_range``: ``(lo, hi)`` in raw input units.
+    """
+
+    def __init__(self, steps: Sequence[ir.Step], input_shape: tuple[int, ...],
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        if len(input_shape) != 3:
+            raise ValueError(f"augmentation needs image inputs (C, H, W), got shape {tuple(input_shape)}")
+        unknown = [s.kind for s in steps if s.kind not in AUGMENT_ORDER]
+        if unknown:
+            raise ValueError(f"unknown augment op {unknown[0]!r}")
+        self.steps = tuple(sorted(steps, key=lambda s: AUGMENT_ORDER.index(s.kind)))
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+
+    @classmethod
+    def from_model(cls, model: ir.Model, value_range: tuple[float, float] | None = None) -> Augmenter:
+        """From ``model.augment``; the value range defaults to ``(0, 1/input.scale)`` (0..255 for scale=1/255)."""
+        if value_range is None:
+            value_range = (0.0, 1.0 / model.input.scale)
+        return cls(model.augment, model.input.shape, value_range)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A new float32 batch ``(N, C, H, W)``: ``x`` with every op applied, clipped to value_range."""
+        out = np.array(x, dtype=np.float32, copy=True)
+        if out.shape[1:] != self.input_shape:
+            raise ValueError(f"augment expects batches of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {out.shape}")
+        affine = [s for s in self.steps if s.kind in AFFINE]
+        for step in self.steps:
+            if step.kind in AFFINE:
+                if step is affine[0]:
+                    out = affine_sample(out, self._affine_matrices(affine, len(out), rng))
+            else:
+                out = getattr(self, "_" + step.kind)(out, step.options, rng)
+        np.clip(out, *self.value_range, out=out)
+        return out
+
+    # --- ops, each (N, C, H, W) float32 -> (N, C, H, W) float32 -----------------------
+
+    def _crop(self, x: np.ndarray, o: dict, rng: np.random.Generator) -> np.ndarray:
+        p = int(o["padding"])
+        offsets = rng.integers(0, 2 * p + 1, size=(len(x), 2))
+        return crop(x, offsets[:, 0] - p, offsets[:, 1] - p) if p else x
+
+    def _flip(self, x: np.ndarray, o: dict, rng: np.random.Generator) -> np.ndarray:
+        mask = rng.random(len(x)) < o["p"]
+        axis = -1 if o["direction"] == "horizontal" else -2
+        x[mask] = np.flip(x[mask], axis=axis)
+        return x
+
+    def _affine_matrices(self, steps: list[ir.Step], n: int, rng: np.random.Generator) -> np.ndarray:
+        _, h, w = self.input_shape
+        theta, s, tx, ty = np.zeros(n), np.ones(n), np.zeros(n), np.zeros(n)
+        for step in steps:
+            o = step.options
+            if step.kind == "translate":
+                amount, unit = o["amount"]
+                ax, ay = (amount, amount) if unit == "px" else (amount * w, amount * h)
+                tx, ty = rng.uniform(-ax, ax, n), rng.uniform(-ay, ay, n)
+            elif step.kind == "rotate":
+                theta = rng.uniform(-o["degrees"], o["degrees"], n)
+            else:
+                s = rng.uniform(o["range"][0], o["range"][1], n)
+        return affine_matrices(theta, s, tx, ty, h, w)
+
+    def _contrast(self, x: np.ndarray, o: dict, rng: np.random.Generator) -> np.ndarray:
+        f = rng.uniform(o["range"][0], o["range"][1], len(x)).astype(np.float32)[:, None, None, None]
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x -= mean
+        x *= f
+        x += mean
+        return x
+
+    def _brightness(self, x: np.ndarray, o: dict, rng: np.random.Generator) -> np.ndarray:
+        lo, hi = self.value_range
+        b = rng.uniform(-o["delta"], o["delta"], len(x)) * (hi - lo)
+        x += b.astype(np.float32)[:, None, None, None]
+        return x
+
+    def _erase(self, x: np.ndarray, o: dict, rng: np.random.Generator) -> np.ndarray:
+        n, (_, h, w) = len(x), self.input_shape
+        on = rng.random(n) < o["p"]
+        area = rng.uniform(o["area"][0], o["area"][1], n) * h * w
+        ratio = np.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3), n))
+        eh = np.clip(np.round(np.sqrt(area * ratio)), 1, h).astype(np.int64)
+        ew = np.clip(np.round(np.sqrt(area / ratio)), 1, w).astype(np.int64)
+        y0 = (rng.random(n) * (h - eh + 1)).astype(np.int64)
+        x0 = (rng.random(n) * (w - ew + 1)).astype(np.int64)
+        return erase(x, on, y0, x0, eh, ew, o["value"])
+
+
+# --- the vectorised cores, usable with explicit parameters ----------------------------
+
+
+def affine_matrices(theta_deg: np.ndarray, s: np.ndarray, tx: np.ndarray, ty: np.ndarray,
+                    h: int, w: int) -> np.ndarray:
+    """Per-example inverse maps ``(N, 2, 3)``: ``[x_in, y_in] = A @ [x_out, y_out, 1]``.
+
+    Forward (output from input), about c = ((w-1)/2, (h-1)/2), with y downward and a
+    positive angle counter-clockwise on screen:
+    ``x' = s (cos t dx + sin t dy) + cx + tx``, ``y' = s (-sin t dx + cos t dy) + cy + ty``.
+    Entries are rounded to 1e-9 so that 90-degree turns sample exact pixel centres.
+    """
+    t = np.deg2rad(np.asarray(theta_deg, np.float64))
+    cos, sin = np.cos(t) / s, np.sin(t) / s
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    ux, uy = -cx - np.asarray(tx, np.float64), -cy - np.asarray(ty, np.float64)
+    a = np.empty((len(t), 2, 3))
+    a[:, 0, 0], a[:, 0, 1], a[:, 0, 2] = cos, -sin, cos * ux - sin * uy + cx
+    a[:, 1, 0], a[:, 1, 1], a[:, 1, 2] = sin, cos, sin * ux + cos * uy + cy
+    return np.round(a, 9)
+
+
+def affine_sample(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Bilinear resampling of ``x (N, C, H, W)`` at ``A @ [x, y, 1]`` per output pixel; outside reads 0.
+
+    The image is zero-padded by one pixel and flattened per (example, channel); the four
+    neighbours are gathered with one flat index each and blended:
+    ``out = a + wy (b - a)``, ``a = I00 + wx (I01 - I00)``, ``b = I10 + wx (I11 - I10)``.
+    """
+    n, c, h, w = x.shape
+    gx = np.arange(w, dtype=np.float32)[None, None, :]
+    gy = np.arange(h, dtype=np.float32)[None, :, None]
+    a32 = a.astype(np.float32)[:, :, :, None, None]
+    sx = a32[:, 0, 0] * gx + a32[:, 0, 1] * gy + a32[:, 0, 2]  # (N, H, W)
+    sy = a32[:, 1, 0] * gx + a32[:, 1, 1] * gy + a32[:, 1, 2]
+    x0, y0 = np.floor(sx), np.floor(sy)
+    wx, wy = (sx - x0)[:, None], (sy - y0)[:, None]
+    pw = w + 2
+    # Padded coordinates of the top-left neighbour, clipped so that all four stay inside the pad.
+    col = np.clip(x0, -1, w).astype(np.int64) + 1
+    row = np.clip(y0, -1, h).astype(np.int64) + 1
+    col1 = np.clip(x0 + 1, -1, w).astype(np.int64) + 1
+    row1 = np.clip(y0 + 1, -1, h).astype(np.int64) + 1
+    padded = np.zeros((n, c, h + 2, pw), np.float32)
+    padded[:, :, 1:-1, 1:-1] = x
+    flat = padded.reshape(n * c, -1)
+    base = (np.arange(n * c) * flat.shape[1]).reshape(n, c, 1, 1)
+    flat = flat.ravel()
+
+    def gather(r: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return flat.take(base + (r * pw + q)[:, None])
+
+    i00, i01, i10, i11 = gather(row, col), gather(row, col1), gather(row1, col), gather(row1, col1)
+    top = i00 + wx * (i01 - i00)
+    bottom = i10 + wx * (i11 - i10)
+    return top + wy * (bottom - top)
+
+
+def crop(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Per-example integer shift with zero fill: ``out[i, :, r, q] = x[i, :, r + dy_i, q + dx_i]``.
+
+    This is "pad by p, crop an H x W window at offset (p + dy, p + dx)", done as one gather
+    on the zero-padded batch. ``dy``, ``dx``: ``(N,)`` ints with ``|d| <= p``.
+    """
+    n, c, h, w = x.shape
+    p = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+    padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    rows = (np.arange(h)[None, :] + (dy + p)[:, None])[:, None, :, None]
+    cols = (np.arange(w)[None, :] + (dx + p)[:, None])[:, None, None, :]
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+
+
+def erase(x: np.ndarray, on: np.ndarray, y0: np.ndarray, x0: np.ndarray, eh: np.ndarray, ew: np.ndarray,
+          value: float) -> np.ndarray:
+    """Fill rectangle ``[y0, y0+eh) x [x0, x0+ew)`` of each example where ``on`` with ``value`` (in place)."""
+    _, _, h, w = x.shape
+    r = np.arange(h)[None, :, None]
+    q = np.arange(w)[None, None, :]
+    mask = ((r >= y0[:, None, None]) & (r < (y0 + eh)[:, None, None])
+            & (q >= x0[:, None, None]) & (q < (x0 + ew)[:, None, None]) & on[:, None, None])
+    np.copyto(x, np.float32(value), where=mask[:, None])
+    return x
+
+
+__all__ = ["AFFINE", "Augmenter", "affine_matrices", "affine_sample", "crop", "erase"]
