@@ -1,0 +1,75 @@
+"""Losses on the network's logits, each fused with its output activation.
+
+Every function returns ``(mean loss, dlogits)`` where ``dlogits`` is the gradient of
+the mean loss with respect to the logits (already divided by the batch size). Pass
+``out`` to write ``dlogits`` into a reused array; ``grad=False`` skips it (None).
+
+* softmax cross-entropy: L = mean_n [ logsumexp(z_n) - z_n[y_n] ],
+  dz = (softmax(z) - onehot(y)) / N. logsumexp(z) = max z + log sum e^(z - max z),
+  so logits of +-1e4 neither overflow nor lose the loss.
+* binary cross-entropy on logits z (N, 1) or (N,), labels t in {0, 1}:
+  L = mean [ max(z, 0) - z t + log(1 + e^-|z|) ]  (= -t log s - (1-t) log(1-s), s = sigmoid z),
+  dz = (sigmoid(z) - t) / N.
+* mean squared error over every element: L = mean (o - t)^2, do = 2 (o - t) / (N * K).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import stable_sigmoid
+
+
+def _out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    if out is None or out.shape != like.shape or out.dtype != like.dtype:
+        return np.empty_like(like)
+    return out
+
+
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
+                          grad: bool = True) -> tuple[float, np.ndarray | None]:
+    """logits (N, K) float, y (N,) class indices -> (mean loss, dlogits (N, K))."""
+    n = logits.shape[0]
+    rows = np.arange(n)
+    y = np.asarray(y).astype(np.intp, copy=False)
+    z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=_out(out, logits))
+    picked = z[rows, y].astype(np.float64)
+    np.exp(z, out=z)
+    total = z.sum(axis=1, keepdims=True)
+    loss = float(np.mean(np.log(total[:, 0].astype(np.float64)) - picked))
+    if not grad:
+        return loss, None
+    z /= total
+    z[rows, y] -= 1
+    z *= z.dtype.type(1.0 / n)
+    return loss, z
+
+
+def binary_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
+                         grad: bool = True) -> tuple[float, np.ndarray | None]:
+    """logits (N, 1) or (N,), y (N,) 0/1 -> (mean loss, dlogits shaped like logits)."""
+    n = logits.shape[0]
+    t = np.asarray(y).reshape(logits.shape).astype(logits.dtype, copy=False)
+    z64 = logits.astype(np.float64)
+    loss = float(np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64)))))
+    if not grad:
+        return loss, None
+    d = stable_sigmoid(logits, _out(out, logits))
+    d -= t
+    d *= d.dtype.type(1.0 / n)
+    return loss, d
+
+
+def mse(outputs: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
+        grad: bool = True) -> tuple[float, np.ndarray | None]:
+    """outputs (N, K), y (N, K) (or (N,) when K = 1) -> (mean over all N*K of (o - t)^2, doutputs)."""
+    t = np.asarray(y).reshape(outputs.shape)
+    d = np.subtract(outputs, t, out=_out(out, outputs), casting="unsafe")
+    loss = float(np.mean(np.square(d, dtype=np.float64)))
+    if not grad:
+        return loss, None
+    d *= d.dtype.type(2.0 / d.size)
+    return loss, d
+
+
+LOSSES = {"cross_entropy": softmax_cross_entropy, "binary_cross_entropy": binary_cross_entropy, "mse": mse}

@@ -1,0 +1,428 @@
+"""Engine ops for dense layers, activations, batch norm, dropout and flatten.
+
+Each op follows :mod:`dnnspec.engine.base`: ``forward`` keeps what ``backward``
+needs, ``backward`` writes parameter gradients into ``grads`` (overwriting, into the
+arrays already there when their shape fits) and returns ``dx``. Formulas are the
+lecture's; see ``docs/engine.md``.
+
+Outputs live in per-op buffers reused while the batch shape repeats, so one training
+step allocates almost nothing: the array a ``forward`` or ``backward`` returns is
+valid until the op's next call (copy it to keep it). No op writes into its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Op, register
+
+
+class BufferedOp(Op):
+    """An op with named scratch arrays reused across calls of the same shape."""
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def buf(self, tag: str, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+        """An uninitialised array ``shape`` for ``tag``, the same one each call with this shape."""
+        key = (tag, shape)
+        b = self._bufs.get(key)
+        if b is None:
+            if len(self._bufs) > 64:  # many batch shapes seen (e.g. predict on odd sizes): start over
+                self._bufs.clear()
+            b = self._bufs[key] = np.empty(shape, dtype=self.dtype if dtype is None else dtype)
+        return b
+
+
+def grad_out(grads: dict[str, np.ndarray], key: str, like: np.ndarray) -> np.ndarray:
+    """The gradient array for ``key``: the one in ``grads`` if it fits ``like``, else a new one."""
+    g = grads.get(key)
+    if g is None or g.shape != like.shape or g.dtype != like.dtype:
+        g = grads[key] = np.empty_like(like)
+    return g
+
+
+def channel_shape(param_size: int, ndim: int) -> tuple[int, ...]:
+    """Broadcast shape of a per-layer (size 1) or per-channel (size C) array on an ndim-array, axis 1."""
+    if param_size == 1:
+        return (1,)
+    return (1, param_size) + (1,) * (ndim - 2)
+
+
+def reduce_axes(param_size: int, ndim: int) -> tuple[int, ...]:
+    """Axes summed to get the gradient of a per-layer or per-channel (axis 1) parameter."""
+    if param_size == 1:
+        return tuple(range(ndim))
+    return (0,) + tuple(range(2, ndim))
+
+
+def _reduce_to(g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Sum ``g`` (N, C, ...) to ``out`` of shape (1,) or (C,)."""
+    np.sum(g, axis=reduce_axes(out.size, g.ndim), out=out.reshape(()) if out.size == 1 else out)
+    return out
+
+
+# --- dense ------------------------------------------------------------------------
+
+
+@register("dense")
+class Dense(BufferedOp):
+    """y = x W + b.  x (N, in), W (in, units), b (units,), y (N, units).
+
+    Backward: dW = x^T dy, db = sum_n dy, dx = dy W^T (one GEMM each; dx skipped when
+    ``need_dx`` is False).
+    """
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self.k = self.key("kernel")
+        self.b = self.key("bias") if self.opts.get("bias", True) else None
+
+    def forward(self, x, params, training, rng):
+        w = params[self.k]
+        self.x = x
+        y = np.matmul(x, w, out=self.buf("y", (x.shape[0], w.shape[1])))
+        if self.b is not None:
+            y += params[self.b]
+        return y
+
+    def backward(self, dy, params, grads):
+        w = params[self.k]
+        np.matmul(self.x.T, dy, out=grad_out(grads, self.k, w))
+        if self.b is not None:
+            np.sum(dy, axis=0, out=grad_out(grads, self.b, params[self.b]))
+        if not self.need_dx:
+            return None
+        return np.matmul(dy, w.T, out=self.buf("dx", self.x.shape))
+
+
+# --- activations ------------------------------------------------------------------
+
+
+@register("relu")
+class ReLU(BufferedOp):
+    """y = max(0, x); dx = dy * [y > 0]."""
+
+    def forward(self, x, params, training, rng):
+        self.y = np.maximum(x, 0, out=self.buf("y", x.shape))
+        return self.y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        mask = np.greater(self.y, 0, out=self.buf("mask", dy.shape, np.bool_))
+        return np.multiply(dy, mask, out=self.buf("dx", dy.shape))
+
+
+class _AlphaOp(BufferedOp):
+    """Shared by leaky ReLU and ELU: alpha is a constant, or learned per layer / per channel."""
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self.learn = bool(self.opts.get("learn", False))
+        self.ka = self.key("alpha")
+
+    def alpha(self, params: dict[str, np.ndarray], ndim: int) -> Any:
+        """alpha broadcastable to the input: a float, or (1,) / (1, C, 1, 1) / (1, F)."""
+        if not self.learn:
+            return self.dtype.type(self.opts["alpha"])
+        a = params[self.ka]
+        return a.reshape(channel_shape(a.size, ndim))
+
+
+@register("leaky_relu")
+class LeakyReLU(_AlphaOp):
+    """y = x if x >= 0 else alpha x  =  max(x, 0) + alpha min(x, 0).
+
+    dx = dy * (1 if x >= 0 else alpha);  dalpha = sum dy * min(x, 0) (PReLU).
+    """
+
+    def forward(self, x, params, training, rng):
+        a = self.alpha(params, x.ndim)
+        self.neg = np.minimum(x, 0, out=self.buf("neg", x.shape))
+        self.pos = np.greater_equal(x, 0, out=self.buf("pos", x.shape, np.bool_))
+        y = np.multiply(self.neg, a, out=self.buf("y", x.shape))
+        y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
+        return y
+
+    def backward(self, dy, params, grads):
+        a = self.alpha(params, dy.ndim)
+        if self.learn:
+            prod = np.multiply(dy, self.neg, out=self.buf("tmp", dy.shape))
+            _reduce_to(prod, grad_out(grads, self.ka, params[self.ka]))
+        if not self.need_dx:
+            return None
+        slope = self.buf("slope", dy.shape)
+        slope[...] = a
+        np.copyto(slope, 1, where=self.pos)
+        return np.multiply(dy, slope, out=self.buf("dx", dy.shape))
+
+
+@register("elu")
+class ELU(_AlphaOp):
+    """y = x if x >= 0 else alpha (e^x - 1)  =  max(x, 0) + alpha expm1(min(x, 0)).
+
+    dx = dy * (1 if x >= 0 else alpha e^x);  dalpha = sum dy * expm1(min(x, 0)).
+    """
+
+    def forward(self, x, params, training, rng):
+        a = self.alpha(params, x.ndim)
+        e = np.minimum(x, 0, out=self.buf("e", x.shape))
+        self.e = np.expm1(e, out=e)
+        self.pos = np.greater_equal(x, 0, out=self.buf("pos", x.shape, np.bool_))
+        y = np.multiply(self.e, a, out=self.buf("y", x.shape))
+        y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
+        return y
+
+    def backward(self, dy, params, grads):
+        a = self.alpha(params, dy.ndim)
+        if self.learn:
+            prod = np.multiply(dy, self.e, out=self.buf("tmp", dy.shape))
+            _reduce_to(prod, grad_out(grads, self.ka, params[self.ka]))
+        if not self.need_dx:
+            return None
+        slope = np.add(self.e, 1, out=self.buf("slope", dy.shape))
+        slope *= a
+        np.copyto(slope, 1, where=self.pos)
+        return np.multiply(dy, slope, out=self.buf("dx", dy.shape))
+
+
+def stable_sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) without overflow: e = exp(-|x|); x >= 0: 1/(1+e), else e/(1+e)."""
+    e = np.abs(x, out=out)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    num = np.where(x >= 0, 1, e)
+    e += 1
+    return np.divide(num, e, out=out)
+
+
+@register("softplus")
+class Softplus(BufferedOp):
+    """y = log(1 + e^x) = max(x, 0) + log1p(e^-|x|) (stable); dx = dy * sigmoid(x)."""
+
+    def forward(self, x, params, training, rng):
+        self.x = x
+        y = np.abs(x, out=self.buf("y", x.shape))
+        np.negative(y, out=y)
+        np.exp(y, out=y)
+        np.log1p(y, out=y)
+        y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
+        return y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        s = stable_sigmoid(self.x, self.buf("tmp", dy.shape))
+        return np.multiply(dy, s, out=self.buf("dx", dy.shape))
+
+
+@register("sigmoid")
+class Sigmoid(BufferedOp):
+    """y = 1 / (1 + e^-x) (stable form); dx = dy * y (1 - y)."""
+
+    def forward(self, x, params, training, rng):
+        self.y = stable_sigmoid(x, self.buf("y", x.shape))
+        return self.y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        d = np.subtract(1, self.y, out=self.buf("dx", dy.shape))
+        d *= self.y
+        d *= dy
+        return d
+
+
+@register("tanh")
+class Tanh(BufferedOp):
+    """y = tanh(x); dx = dy * (1 - y^2)."""
+
+    def forward(self, x, params, training, rng):
+        self.y = np.tanh(x, out=self.buf("y", x.shape))
+        return self.y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        d = np.multiply(self.y, self.y, out=self.buf("dx", dy.shape))
+        np.subtract(1, d, out=d)
+        d *= dy
+        return d
+
+
+@register("softmax")
+class Softmax(BufferedOp):
+    """y_i = e^(x_i - max x) / sum_j e^(x_j - max x) over the last axis (N, K).
+
+    dx = y * (dy - sum_j dy_j y_j). The network fuses a final softmax with the
+    cross-entropy (see losses.py), so this backward only runs when it is not final.
+    """
+
+    def forward(self, x, params, training, rng):
+        y = np.subtract(x, x.max(axis=-1, keepdims=True), out=self.buf("y", x.shape))
+        np.exp(y, out=y)
+        y /= y.sum(axis=-1, keepdims=True)
+        self.y = y
+        return y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        d = np.multiply(dy, self.y, out=self.buf("dx", dy.shape))
+        dot = d.sum(axis=-1, keepdims=True)
+        np.subtract(dy, dot, out=d)
+        d *= self.y
+        return d
+
+
+# --- batch norm -------------------------------------------------------------------
+
+
+@register("batchnorm")
+class BatchNorm(BufferedOp):
+    """Batch norm per feature on (N, F) or per channel on (N, C, H, W); m = values per channel.
+
+    Training: mu = mean x, var = mean (x - mu)^2 (biased, the lecture's), xhat =
+    (x - mu) / sqrt(var + eps), y = gamma xhat + beta; then, Keras's convention,
+    running = momentum * running + (1 - momentum) * batch, with the same biased var.
+    Evaluation: y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
+
+    Backward (training, fused): dbeta = sum dy, dgamma = sum dy xhat,
+    dx = gamma / sqrt(var + eps) * (dy - dbeta/m - xhat dgamma/m).
+    """
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self.kg, self.kb = self.key("gamma"), self.key("beta")
+        self.km, self.kv = self.key("running_mean"), self.key("running_var")
+        self.momentum = float(self.opts["momentum"])
+        self.eps = float(self.opts["eps"])
+
+    def forward(self, x, params, training, rng):
+        c = params[self.kg].size
+        cs, axes = (1, c) + (1,) * (x.ndim - 2), (0,) + tuple(range(2, x.ndim))
+        gamma, beta = params[self.kg].reshape(cs), params[self.kb].reshape(cs)
+        self.training, self.cs, self.axes = training, cs, axes
+        if not training:
+            self.x = x
+            self.scale = gamma / np.sqrt(params[self.kv].reshape(cs) + self.eps)
+            y = np.subtract(x, params[self.km].reshape(cs), out=self.buf("y", x.shape))
+            y *= self.scale
+            y += beta
+            return y
+        mu = x.mean(axis=axes, keepdims=True)
+        xhat = np.subtract(x, mu, out=self.buf("xhat", x.shape))
+        sq = np.multiply(xhat, xhat, out=self.buf("tmp", x.shape))
+        var = sq.mean(axis=axes, keepdims=True)
+        self.inv_std = 1.0 / np.sqrt(var + self.eps)
+        xhat *= self.inv_std
+        self.xhat = xhat
+        self._update_running(params, mu.reshape(-1), var.reshape(-1))
+        y = np.multiply(xhat, gamma, out=self.buf("y", x.shape))
+        y += beta
+        return y
+
+    def _update_running(self, params: dict[str, np.ndarray], mu: np.ndarray, var: np.ndarray) -> None:
+        """running = momentum * running + (1 - momentum) * batch, in place."""
+        m = self.momentum
+        for key, batch in ((self.km, mu), (self.kv, var)):
+            r = params[key]
+            r *= m
+            r += (1.0 - m) * batch
+
+    def backward(self, dy, params, grads):
+        if not self.training:
+            return self._backward_eval(dy, params, grads)
+        gamma = params[self.kg].reshape(self.cs)
+        g_beta = grad_out(grads, self.kb, params[self.kb])
+        g_gamma = grad_out(grads, self.kg, params[self.kg])
+        dbeta = dy.sum(axis=self.axes, keepdims=True)
+        prod = np.multiply(dy, self.xhat, out=self.buf("tmp", dy.shape))
+        dgamma = prod.sum(axis=self.axes, keepdims=True)
+        g_beta[...] = dbeta.reshape(-1)
+        g_gamma[...] = dgamma.reshape(-1)
+        if not self.need_dx:
+            return None
+        m = dy.size // g_beta.size
+        dx = np.multiply(self.xhat, dgamma / m, out=self.buf("dx", dy.shape))
+        dx += dbeta / m
+        np.subtract(dy, dx, out=dx)
+        dx *= gamma * self.inv_std
+        return dx
+
+    def _backward_eval(self, dy, params, grads):
+        """Evaluation mode is y = scale (x - running_mean) + beta per channel, scale = gamma/sqrt(rv+eps)."""
+        xn = np.subtract(self.x, params[self.km].reshape(self.cs), out=self.buf("tmp", dy.shape))
+        xn /= np.sqrt(params[self.kv].reshape(self.cs) + self.eps)
+        xn *= dy
+        grad_out(grads, self.kg, params[self.kg])[...] = xn.sum(axis=self.axes).reshape(-1)
+        grad_out(grads, self.kb, params[self.kb])[...] = dy.sum(axis=self.axes).reshape(-1)
+        if not self.need_dx:
+            return None
+        return np.multiply(dy, self.scale, out=self.buf("dx", dy.shape))
+
+
+# --- dropout and flatten ----------------------------------------------------------
+
+
+@register("dropout")
+class Dropout(BufferedOp):
+    """Drop each unit with probability p = rate; q = 1 - p is the keep probability.
+
+    mode inverted: training y = x * mask / q, evaluation y = x.
+    mode scale:    training y = x * mask,     evaluation y = x * q (the lecture's
+    "multiply the weights by the keep probability after training").
+    mask_i ~ Bernoulli(q), drawn from the generator passed to forward.
+    """
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self.rate = float(self.opts["rate"])
+        self.keep = 1.0 - self.rate
+        self.inverted = self.opts.get("mode", "inverted") == "inverted"
+
+    def forward(self, x, params, training, rng):
+        self.training = training
+        if not training:
+            if self.inverted or self.rate == 0.0:
+                return x
+            return np.multiply(x, self.dtype.type(self.keep), out=self.buf("y", x.shape))
+        if self.rate == 0.0:
+            self.mult = None
+            return x
+        if rng is None:
+            raise ValueError(f"{self.name}: dropout in training mode needs a random generator")
+        u = rng.random(x.shape, dtype=self.dtype, out=self.buf("u", x.shape))
+        kept = np.less(u, self.keep, out=self.buf("kept", x.shape, np.bool_))
+        value = self.dtype.type(1.0 / self.keep if self.inverted else 1.0)
+        self.mult = np.multiply(kept, value, out=u)  # mask already scaled: one multiply per pass
+        return np.multiply(x, self.mult, out=self.buf("y", x.shape))
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        if not self.training:
+            if self.inverted or self.rate == 0.0:
+                return dy
+            return np.multiply(dy, self.dtype.type(self.keep), out=self.buf("dx", dy.shape))
+        if self.mult is None:
+            return dy
+        return np.multiply(dy, self.mult, out=self.buf("dx", dy.shape))
+
+
+@register("flatten")
+class Flatten(Op):
+    """(N, C, H, W) -> (N, C*H*W), a view; backward reshapes back."""
+
+    def forward(self, x, params, training, rng):
+        self.in_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        return dy.reshape(self.in_shape)
