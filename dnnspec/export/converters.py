@@ -1,0 +1,178 @@
+"""One ONNX converter per IR layer kind, found by the kind's name in :data:`CONVERTERS`.
+
+A converter reads one :class:`dnnspec.ir.Layer` and the trained parameters and writes
+nodes into a :class:`~dnnspec.export.builder.GraphBuilder` (or, for the affine layers,
+hands it an affine map to fold). Afterwards ``g.shape`` is the layer's output shape.
+
+=================== ===============================================================
+kind                ONNX
+=================== ===============================================================
+dense               Gemm (MatMul + Add with ``dense_op="matmul"``, for quantization)
+conv2d              Conv, explicit pads from :func:`dnnspec.shapes.conv_pads`
+maxpool / avgpool   MaxPool / AveragePool (count_include_pad=0)
+global_avgpool      GlobalAveragePool, Flatten
+flatten             Flatten (nothing on vectors)
+batchnorm           folded (into the Gemm/Conv before it, else the next, else Mul+Add),
+                    or BatchNormalization with ``fold=False``
+dropout             nothing (inverted); keep probability folded (scale mode)
+relu, sigmoid, ...  Relu, LeakyRelu, Elu, Softplus, Sigmoid, Tanh, Softmax
+learned alpha       PRelu (leaky); Elu with the trained alpha (per layer) or
+                    PRelu(Elu(x, 1), alpha) (per channel: equal, since Elu(x, 1) < 0 iff x < 0)
+=================== ===============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..ir import Layer
+from ..shapes import conv_pads
+from .builder import GraphBuilder, Linear
+
+Params = dict[str, np.ndarray]
+Converter = Callable[[GraphBuilder, Layer, Params, bool], None]
+CONVERTERS: dict[str, Converter] = {}
+SIMPLE_ACTIVATIONS = {"relu": "Relu", "softplus": "Softplus", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+
+
+def converter(*kinds: str) -> Callable[[Converter], Converter]:
+    """Register a function as the ONNX converter of these IR kinds."""
+
+    def deco(fn: Converter) -> Converter:
+        for k in kinds:
+            CONVERTERS[k] = fn
+        return fn
+
+    return deco
+
+
+def _f64(params: Params, name: str) -> np.ndarray:
+    return np.asarray(params[name], dtype=np.float64)
+
+
+def _bias(layer: Layer, params: Params) -> np.ndarray | None:
+    key = f"{layer.name}.bias"
+    return _f64(params, key) if layer.options.get("bias", True) and key in params else None
+
+
+def _window_attrs(layer: Layer) -> dict[str, Any]:
+    _, h, w = layer.in_shape
+    opts = dict(layer.options)
+    return {"kernel_shape": list(opts["kernel"]), "strides": list(opts["stride"]),
+            "pads": list(conv_pads(opts, h, w))}
+
+
+@converter("dense")
+def dense(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """y = x W + b: Gemm(x, W, b), W is (in, units)."""
+    g.open_linear(Linear(layer.name, "Gemm", _f64(params, f"{layer.name}.kernel"), _bias(layer, params)))
+    g.shape = layer.out_shape
+
+
+@converter("conv2d")
+def conv2d(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Conv with kernel (filters, in_channels, kh, kw) and explicit pads (top, left, bottom, right)."""
+    attrs = _window_attrs(layer)
+    g.open_linear(Linear(layer.name, "Conv", _f64(params, f"{layer.name}.kernel"), _bias(layer, params),
+                         attrs, padded=any(attrs["pads"])))
+    g.shape = layer.out_shape
+
+
+@converter("maxpool")
+def maxpool(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before(carry=True, positive=True)
+    g.node("MaxPool", [g.x], layer.name, **_window_attrs(layer))
+    g.shape = layer.out_shape
+
+
+@converter("avgpool")
+def avgpool(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before(carry=True)
+    g.node("AveragePool", [g.x], layer.name, count_include_pad=0, **_window_attrs(layer))
+    g.shape = layer.out_shape
+
+
+@converter("global_avgpool")
+def global_avgpool(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """(N, C, H, W) -> GlobalAveragePool (N, C, 1, 1) -> Flatten (N, C)."""
+    g.before(carry=True)
+    g.node("GlobalAveragePool", [g.x], f"{layer.name}/pooled")
+    g.node("Flatten", [g.x], layer.name, axis=1)
+    g.shape = layer.out_shape
+
+
+@converter("flatten")
+def flatten(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    if len(layer.in_shape) == 1:
+        return
+    g.before(carry=True)
+    g.flatten_pending(layer.out_shape[0])
+    g.node("Flatten", [g.x], layer.name, axis=1)
+    g.shape = layer.out_shape
+
+
+@converter("batchnorm")
+def batchnorm(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Inference batch norm y = gamma (x - mean) / sqrt(var + eps) + beta, an affine map per channel."""
+    n = layer.name
+    if not fold:
+        g.materialize()
+        inputs = [g.x] + [g.const(f"{n}.{p}", params[f"{n}.{p}"])
+                          for p in ("gamma", "beta", "running_mean", "running_var")]
+        g.node("BatchNormalization", inputs, n, epsilon=float(layer.options["eps"]))
+        return
+    a = _f64(params, f"{n}.gamma") / np.sqrt(_f64(params, f"{n}.running_var") + layer.options["eps"])
+    g.affine(a, _f64(params, f"{n}.beta") - a * _f64(params, f"{n}.running_mean"), n, into_previous=True)
+
+
+@converter("dropout")
+def dropout(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Inverted dropout is the identity at inference; scale mode multiplies by the keep probability."""
+    if layer.options["mode"] == "inverted" or layer.options["rate"] == 0:
+        return
+    c = g.shape[0]
+    g.affine(np.full(c, 1.0 - layer.options["rate"]), np.zeros(c), layer.name, into_previous=False)
+
+
+@converter(*SIMPLE_ACTIVATIONS)
+def simple_activation(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before(positive=layer.kind == "relu")
+    g.node(SIMPLE_ACTIVATIONS[layer.kind], [g.x], layer.name)
+
+
+@converter("softmax")
+def softmax(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before()
+    g.node("Softmax", [g.x], layer.name, axis=-1)
+
+
+def _slope(g: GraphBuilder, layer: Layer, params: Params) -> str:
+    """The learned alpha as a PRelu slope: (1,) per layer; (F,) or (C, 1, 1) per channel."""
+    alpha = np.asarray(params[f"{layer.name}.alpha"], np.float32)
+    if alpha.size > 1:
+        alpha = g.channel_shape(alpha)
+    return g.const(f"{layer.name}.alpha", alpha)
+
+
+@converter("leaky_relu")
+def leaky_relu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before(positive=True)
+    if layer.options.get("learn"):
+        g.node("PRelu", [g.x, _slope(g, layer, params)], layer.name)
+    else:
+        g.node("LeakyRelu", [g.x], layer.name, alpha=float(layer.options["alpha"]))
+
+
+@converter("elu")
+def elu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    g.before()
+    if not layer.options.get("learn"):
+        g.node("Elu", [g.x], layer.name, alpha=float(layer.options["alpha"]))
+    elif layer.options["per"] == "layer":
+        g.node("Elu", [g.x], layer.name, alpha=float(np.asarray(params[f"{layer.name}.alpha"]).reshape(-1)[0]))
+    else:
+        g.node("Elu", [g.x], f"{layer.name}/elu1", alpha=1.0)
+        g.node("PRelu", [g.x, _slope(g, layer, params)], layer.name)

@@ -1,0 +1,222 @@
+"""Export a trained network (IR + parameters) as an ONNX model.
+
+    export(net, "model.onnx")                       # from a dnnspec.engine.net.Net
+    proto = to_onnx(model, params, fold=False)      # from an ir.Model and a params dict
+
+The graph reads raw inputs: its first nodes apply ``input.scale`` and the
+normalisation (folded into the first Gemm/Conv when that is exact). Input ``input``
+(float32, ``(N, *input.shape)``, N symbolic); output ``probabilities`` (classification
+ending in softmax/sigmoid) or ``output``; optionally ``logits`` as a second output.
+Every export passes ``onnx.checker.check_model(full_check=True)`` and strict shape
+inference, and the file is written atomically. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, UsageError
+from ..ir import Model
+
+#: The newest opset whose every operator has a kernel in the onnxruntime we depend on (1.32).
+DEFAULT_OPSET = 28
+#: Softmax over the last axis (opset 13 semantics) is the oldest form we write.
+MIN_OPSET = 13
+INPUT_NAME = "input"
+BATCH_DIM = "N"
+FINAL_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def export(net: Any, path: str | os.PathLike, *, opset: int | None = None, fold: bool = True,
+           logits_output: bool = False, metadata: Mapping[str, Any] | None = None,
+           dense_op: str = "gemm") -> Path:
+    """Write ``net`` (a Net: ``.model`` and ``.params``) to ``path`` as ONNX; return the path."""
+    proto = to_onnx(net.model, net.params, opset=opset, fold=fold, logits_output=logits_output,
+                    metadata=metadata, dense_op=dense_op)
+    return write_atomic(path, proto.SerializeToString())
+
+
+def to_onnx(model: Model, params: Mapping[str, np.ndarray], *, opset: int | None = None, fold: bool = True,
+            logits_output: bool = False, metadata: Mapping[str, Any] | None = None,
+            dense_op: str = "gemm", source: str = "checkpoint") -> Any:
+    """The checked ``onnx.ModelProto`` of ``model`` with trained ``params``.
+
+    fold: fold batch norm into the neighbouring Gemm/Conv (else BatchNormalization nodes);
+    dense_op: ``gemm`` or ``matmul`` (MatMul + Add, what dynamic int8 quantization rewrites).
+    """
+    from onnx import helper
+
+    from .. import __version__
+    from .builder import GraphBuilder
+    from .converters import CONVERTERS
+
+    opset = check_opset(opset)
+    check_params(model, params, source)
+    g = GraphBuilder(INPUT_NAME, model.input.shape, dense_op)
+    input_affine(g, model, params)
+    for layer in model.layers:
+        CONVERTERS[layer.kind](g, layer, params, fold)
+    g.materialize()
+    outputs = name_outputs(g, model, logits_output)
+    graph = helper.make_graph(g.nodes, model.name, [_value_info(INPUT_NAME, model.input.shape)],
+                              [_value_info(name, shape) for name, shape in outputs], g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="dnnspec",
+                              producer_version=__version__, ir_version=helper.find_min_ir_version_for(opsets),
+                              doc_string=f"dnnspec model {model.name} from {model.path}")
+    helper.set_model_props(proto, metadata_props(model, outputs[0][0], metadata))
+    return check_model(proto, outputs)
+
+
+def check_opset(opset: int | None) -> int:
+    if opset is None:
+        return DEFAULT_OPSET
+    if not MIN_OPSET <= int(opset) <= DEFAULT_OPSET:
+        raise UsageError(f"--opset {opset} is not supported: choose {MIN_OPSET} to {DEFAULT_OPSET} "
+                         f"(default {DEFAULT_OPSET})")
+    return int(opset)
+
+
+def check_params(model: Model, params: Mapping[str, np.ndarray], source: str = "checkpoint") -> None:
+    """Every parameter of the spec is present, finite and of the shape the spec implies."""
+    for spec in model.params:
+        if spec.name not in params:
+            raise CheckpointError(f"{source}: parameter {spec.name} is missing (the spec {model.path} expects "
+                                  f"shape {list(spec.shape)}); export the checkpoint with the spec it was trained on")
+        found = tuple(np.shape(params[spec.name]))
+        if found != spec.shape:
+            raise CheckpointError(f"{source}: parameter {spec.name} has shape {list(found)} but the spec "
+                                  f"{model.path} expects {list(spec.shape)}; the checkpoint does not match its spec")
+        if not np.all(np.isfinite(params[spec.name])):
+            raise CheckpointError(f"{source}: parameter {spec.name} contains NaN or inf; "
+                                  "export an earlier checkpoint or the best weights")
+
+
+def input_moments(model: Model, params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) per channel/feature of the input normalisation, or None when there is none."""
+    norm = model.normalize
+    if norm.mode == "none":
+        return None
+    c = model.input.shape[0]
+    if "input.mean" in params and "input.std" in params:
+        mean, std = np.asarray(params["input.mean"], np.float64), np.asarray(params["input.std"], np.float64)
+    elif norm.mode == "values":
+        mean, std = np.asarray(norm.mean, np.float64), np.asarray(norm.std, np.float64)
+    else:
+        raise CheckpointError(f"the spec {model.path} normalises its input (normalize auto) but the parameters "
+                              "have no input.mean/input.std: export a trained checkpoint")
+    return np.broadcast_to(mean.reshape(-1), (c,)).copy(), np.broadcast_to(std.reshape(-1), (c,)).copy()
+
+
+def input_affine(g: Any, model: Model, params: Mapping[str, np.ndarray]) -> None:
+    """Raw input x -> (x * scale - mean) / std, as one pending affine map x * a + c."""
+    c = model.input.shape[0]
+    mean, std = input_moments(model, params) or (np.zeros(c), np.ones(c))
+    a = np.full(c, float(model.input.scale)) / std
+    shift = -mean / std
+    if np.any(a != 1) or np.any(shift):
+        g.affine(a, shift, "input", into_previous=False)
+
+
+def name_outputs(g: Any, model: Model, logits_output: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """Rename the final tensor to ``probabilities``/``output`` (and its logits to ``logits``)."""
+    last = model.layers[-1] if model.layers else None
+    final = last is not None and last.kind in FINAL_ACTIVATIONS and model.task.kind == "classification"
+    main = "probabilities" if final else "output"
+    if not g.nodes:
+        g.node("Identity", [g.x], main)
+    if logits_output and not (final and g.nodes[-1].output[0] == last.name):
+        raise UsageError(f"--logits needs a model that ends in softmax or sigmoid; {model.path} ends in "
+                         f"{last.kind if last else 'its input'}")
+    renames = {g.x: main}
+    if logits_output:
+        renames[g.nodes[-1].input[0]] = "logits"
+    for node in g.nodes:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    out_shape = model.output_shape
+    outputs = [(main, out_shape)]
+    if logits_output:
+        outputs.append(("logits", out_shape))
+    return outputs
+
+
+def _value_info(name: str, shape: tuple[int, ...]) -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, *shape])
+
+
+def metadata_props(model: Model, output: str, extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """Everything a client needs to use the file: spec, classes, input layout, normalisation."""
+    from .. import __version__
+
+    task = model.task
+    names = list(task.class_names) or [str(i) for i in range(task.classes)]
+    moments = None
+    if model.normalize.mode != "none":
+        moments = {"mode": model.normalize.mode, "mean": list(model.normalize.mean), "std": list(model.normalize.std)}
+    props = {
+        "dnnspec_version": __version__,
+        "model_name": model.name,
+        "spec": model.source,
+        "spec_path": model.path,
+        "task": task.kind,
+        "class_names": json.dumps(names if task.kind == "classification" else []),
+        "input_shape": json.dumps(list(model.input.shape)),
+        "input_layout": "NCHW" if model.input.kind == "image" else "NF",
+        "input_scale": repr(float(model.input.scale)),
+        "normalization": json.dumps(moments),
+        "output": output,
+        "loss": model.loss.kind,
+    }
+    for key, value in (extra or {}).items():
+        props[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    return props
+
+
+def check_model(proto: Any, outputs: list[tuple[str, tuple[int, ...]]]) -> Any:
+    """Run the full ONNX checker and strict shape inference; the inferred outputs must match."""
+    import onnx
+
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    shapes = {v.name: v for v in inferred.graph.output}
+    for name, shape in outputs:
+        dims = [d.dim_value or d.dim_param for d in shapes[name].type.tensor_type.shape.dim]
+        if dims != [BATCH_DIM, *shape]:
+            raise RuntimeError(f"exporter bug: output {name} inferred as {dims}, expected {[BATCH_DIM, *shape]}")
+    return proto
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes to ``path`` through a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: no permission to create files in {folder} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    return path
