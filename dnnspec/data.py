@@ -450,7 +450,7 @@ def _check_labels(where: str, split: str, y: np.ndarray, task: ir.Task) -> np.nd
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             i = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
-            raise DataError(f"{where}: {split}label {y[i]!r} at example {i} is not a whole number; "
+            raise DataError(f"{where}: {split}label {y[i].item()!r} at example {i} is not a whole number; "
                             f"classification labels are class indices 0..{task.classes - 1}")
     elif y.dtype.kind not in "iub":
         raise DataError(f"{where}: {split}labels hold {y.dtype} values; expected class indices 0..{task.classes - 1}")
