@@ -1,0 +1,312 @@
+"""The HTTP/REST side of the Open Inference Protocol, as a Starlette app on uvicorn.
+
+Routes (``{v}`` parts optional; without one the highest version answers):
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata)
+- ``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``, ``.../stats``
+- ``POST /v2/models/{name}[/versions/{v}]/infer``
+
+Every error is ``{"error": "..."}`` with a 4xx status for the client's mistakes (400 bad
+request, 404 unknown model or version, 408 body too slow, 413 body too large) and
+5xx for the server's (503 inference timed out, 500 a bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import UsageError
+from .batching import Batcher
+from .models import Repository, ServedModel, load_repository
+from .protocol import (
+    TOP_K_CLASSES,
+    TOP_K_SCORES,
+    InferenceError,
+    InferRequest,
+    OutputRequest,
+    classification,
+    encode_response,
+    output_entry,
+    parse_infer_request,
+    top_k,
+)
+
+SERVER_NAME = "dnnspec"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
+CONFIG_ENV = "DNNSPEC_SERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``dnnspec serve`` was told; the app's only input besides the models."""
+
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    provider: str = "cpu"
+    max_batch: int = 64
+    batch_window_ms: float = 2.0
+    max_body_mb: float = 64.0
+    max_rows: int = 1024
+    timeout_s: float = 30.0
+    threads: int = 1
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status, media_type="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+class Server:
+    """The app's state: models, their batchers, limits; one per process."""
+
+    def __init__(self, repository: Repository, config: ServeConfig):
+        self.repository = repository
+        self.config = config
+        self.ready = False
+        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="infer")
+        window = config.batch_window_ms / 1000.0
+        self.batchers = {(m.name, m.version): Batcher(m, config.max_batch, window, self.pool)
+                         for m in repository.all()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.ready = True
+        try:
+            yield
+        finally:  # uvicorn has finished the requests in flight by now
+            self.ready = False
+            for b in self.batchers.values():
+                await b.close()
+            self.pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- routes
+
+    def routes(self) -> list[Route]:
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.health_ready),
+                  Route("/v2", self.server_metadata), Route("/v2/models/stats", self.stats)]
+        for base in (model, versioned):
+            routes += [Route(base, self.model_metadata), Route(base + "/ready", self.model_ready),
+                       Route(base + "/config", self.model_config), Route(base + "/stats", self.stats),
+                       Route(base + "/infer", self.infer, methods=["POST"])]
+        return routes
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def health_ready(self, request: Request) -> Response:
+        return json_response({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+
+    def _model(self, request: Request) -> ServedModel:
+        return self.repository.get(request.path_params["name"], request.path_params.get("version"))
+
+    async def model_metadata(self, request: Request) -> Response:
+        m = self._model(request)
+        return json_response(m.metadata(self.repository.versions(m.name)))
+
+    async def model_ready(self, request: Request) -> Response:
+        self._model(request)
+        return json_response({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        """A Triton-style model configuration (dims without the batch dim when batching)."""
+        m = self._model(request)
+        batched = m.batchable
+
+        def tensors(specs):
+            return [{"name": s.name, "data_type": f"TYPE_{s.datatype}",
+                     "dims": list(s.shape[1:] if batched else s.shape)} for s in specs]
+
+        config = {"name": m.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+                  "max_batch_size": self.config.max_batch if batched else 0,
+                  "input": tensors(m.inputs), "output": tensors(m.outputs)}
+        if self.batchers[(m.name, m.version)].enabled:
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": int(self.config.batch_window_ms * 1000)}
+        return json_response(config)
+
+    async def stats(self, request: Request) -> Response:
+        """Counters in the shape of Triton's statistics extension."""
+        if "name" in request.path_params:
+            models = [self._model(request)]
+        else:
+            models = self.repository.all()
+        return json_response({"model_stats": [
+            {"name": m.name, "version": m.version, "last_inference": m.stats.last_inference_ms,
+             "inference_count": m.stats.inference_count, "execution_count": m.stats.execution_count}
+            for m in models]})
+
+    # ---------------------------------------------------------------- inference
+
+    async def infer(self, request: Request) -> Response:
+        """Read, check, run (possibly batched) and answer one inference request."""
+        m = self._model(request)
+        body = await self._read_body(request)
+        req = parse_infer_request(body, request.headers.get("inference-header-content-length"), m.inputs,
+                                  m.output_names, self.config.max_rows)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                outputs = await self.batchers[(m.name, m.version)].infer(req.inputs, req.rows)
+        except TimeoutError:
+            raise InferenceError(f"inference timed out after {self.config.timeout_s:g} s", 503) from None
+        content, headers = encode_response(*self._response_body(m, req, outputs))
+        return Response(content, 200, headers=headers)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 over the limit (before reading, when Content-Length says so)."""
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise InferenceError(f"request body of {declared} bytes is over the limit of {limit} bytes", 413)
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise InferenceError(f"request body is over the limit of {limit} bytes", 413)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise InferenceError(f"request body not received within {self.config.timeout_s:g} s", 408) from None
+        return self._decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+    @staticmethod
+    def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+        """Undo gzip/deflate Content-Encoding (as tritonclient can send), without going over the limit."""
+        if encoding in (None, "", "identity"):
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise InferenceError(f"unsupported Content-Encoding '{encoding}'; use gzip, deflate or none", 415)
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise InferenceError(f"body is not valid {encoding} data: {e}") from None
+        if len(out) > limit:
+            raise InferenceError(f"decompressed request body is over the limit of {limit} bytes", 413)
+        return out
+
+    def _response_body(self, m: ServedModel, req: InferRequest, outputs: dict) -> tuple[dict, list[bytes]]:
+        """The JSON part of the response and the binary chunks that follow it."""
+        chunks: list[bytes] = []
+        selection = req.outputs
+        if selection is None:
+            selection = [OutputRequest(name, req.binary_output) for name in m.output_names]
+        entries = []
+        for sel in selection:
+            arr = outputs[sel.name]
+            if sel.classification:
+                arr = classification(arr, sel.classification, m.class_names)
+            entries.append(output_entry(sel.name, arr, sel.binary, chunks))
+        if req.top_k:
+            names, scores = top_k(outputs[m.scores_output], req.top_k, m.class_names)
+            entries.append(output_entry(TOP_K_CLASSES, names, req.binary_output, chunks))
+            entries.append(output_entry(TOP_K_SCORES, scores, req.binary_output, chunks))
+        body = {"model_name": m.name, "model_version": m.version, "outputs": entries}
+        if req.id is not None:
+            body["id"] = req.id
+        return body, chunks
+
+
+def create_app(repository: Repository, config: ServeConfig) -> Starlette:
+    """The ASGI app serving ``repository``; ``app.state.server`` holds models and batchers."""
+    server = Server(repository, config)
+
+    async def on_dnnspec_error(request: Request, exc: InferenceError) -> Response:
+        return error_response(str(exc), exc.status)
+
+    async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(exc.detail or "error", exc.status_code)
+
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        print(f"dnnspec serve: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return error_response(f"internal server error: {type(exc).__name__}", 500)
+
+    app = Starlette(routes=server.routes(), lifespan=server.lifespan, exception_handlers={
+        InferenceError: on_dnnspec_error, HTTPException: on_http_error, Exception: on_bug})
+    app.state.server = server
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for ``uvicorn --workers N``: each worker process loads its own sessions."""
+    config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
+    return create_app(load_repository(config.model_path, config.provider, config.threads), config)
+
+
+def config_to_env(config: ServeConfig) -> None:
+    os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+
+
+def serve(config: ServeConfig) -> None:
+    """Load the models, bind ``host:port`` and serve until SIGINT/SIGTERM (graceful)."""
+    import uvicorn
+
+    repository = load_repository(config.model_path, config.provider, config.threads)
+    sock = bind_socket(config.host, config.port)
+    _announce(repository, config, sock.getsockname()[1])
+    kwargs = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=config.timeout_s + 5,
+                  server_header=False)
+    if config.workers > 1:
+        sock.close()  # uvicorn's supervisor binds again and shares the socket with its workers
+        config_to_env(config)
+        uvicorn.run("dnnspec.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
+                    workers=config.workers, **kwargs)
+        return
+    server = uvicorn.Server(uvicorn.Config(create_app(repository, config), **kwargs))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def bind_socket(host: str, port: int):
+    """A listening TCP socket on host:port; UsageError (not a traceback) when that fails."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _announce(repository: Repository, config: ServeConfig, port: int) -> None:
+    names = ", ".join(f"{n} (v{','.join(repository.versions(n))})" for n in sorted(repository.models))
+    batching = (f"dynamic batching up to {config.max_batch} rows / {config.batch_window_ms:g} ms"
+                if config.batch_window_ms > 0 else "dynamic batching off")
+    print(f"dnnspec serve: {names} on http://{config.host}:{port}/v2 ({batching}, {config.workers} worker(s), "
+          f"{config.provider})", file=sys.stderr, flush=True)

@@ -1,0 +1,327 @@
+"""The Open Inference Protocol (KServe V2) wire format: requests in, responses out.
+
+Pure NumPy and JSON, no web framework: the app hands this module the raw body and
+the ``Inference-Header-Content-Length`` header, and gets back checked arrays, or an
+:class:`InferenceError` carrying the HTTP status and a one-line message.
+
+Binary tensor data extension (what ``tritonclient.http`` sends by default): the body
+is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw
+tensors, in the order of ``inputs``, each ``parameters.binary_data_size`` bytes long,
+little-endian and row-major. Outputs come back the same way when asked for with
+``parameters.binary_data`` (per output) or ``parameters.binary_data_output`` (all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DnnspecError
+
+# V2 datatype -> NumPy dtype ("<" = the protocol's little-endian byte order).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+# onnxruntime NodeArg.type -> V2 datatype.
+ORT_TYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+TOP_K_CLASSES = "top_k_classes"
+TOP_K_SCORES = "top_k_scores"
+
+
+class InferenceError(DnnspecError):
+    """A request the server refuses; ``status`` is the HTTP status (4xx client, 5xx server)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the protocol shows it; ``shape`` has -1 for free dims."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """One entry of the request's ``outputs``: binary or JSON, optional Triton classification."""
+
+    name: str
+    binary: bool = False
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    """A checked inference request: ``inputs`` maps names to arrays of ``rows`` rows."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+    id: str | None = None
+    outputs: list[OutputRequest] | None = None
+    binary_output: bool = False
+    top_k: int = 0
+    parameters: dict = field(default_factory=dict)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """Split a request body into its JSON header (a dict) and the binary part after it."""
+    if header_length is None:
+        end = len(body)
+    else:
+        try:
+            end = int(header_length)
+        except ValueError:
+            raise InferenceError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not 0 < end <= len(body):
+            raise InferenceError(
+                f"Inference-Header-Content-Length is {end} but the body has {len(body)} bytes")
+    try:
+        header = json.loads(body[:end])
+    except (UnicodeDecodeError, ValueError) as e:
+        hint = " (is Inference-Header-Content-Length right?)" if header_length is not None else ""
+        raise InferenceError(f"malformed JSON in request: {e}{hint}") from None
+    if not isinstance(header, dict):
+        raise InferenceError("request body must be a JSON object")
+    return header, memoryview(body)[end:]
+
+
+def parse_infer_request(body: bytes, header_length: str | None, inputs: list[TensorSpec],
+                        output_names: list[str], max_rows: int) -> InferRequest:
+    """Check a V2 infer request against a model's inputs and outputs; raise InferenceError."""
+    header, binary = split_body(body, header_length)
+    params = _dict(header.get("parameters", {}), "parameters")
+    req_inputs = header.get("inputs")
+    if not isinstance(req_inputs, list) or not req_inputs:
+        raise InferenceError("request needs a non-empty 'inputs' list")
+    arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs})
+    rows = _check_rows(arrays, inputs, max_rows)
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InferenceError("'id' must be a string")
+    return InferRequest(
+        inputs=arrays, rows=rows, id=request_id,
+        outputs=_parse_outputs(header.get("outputs"), output_names),
+        binary_output=bool(params.get("binary_data_output", False)),
+        top_k=_parse_top_k(params.get("top_k", 0)), parameters=params)
+
+
+def _dict(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise InferenceError(f"'{what}' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """Decode every input tensor (JSON ``data`` or binary) and check it against ``specs``."""
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in req_inputs:
+        item = _dict(item, "inputs[]")
+        name = item.get("name")
+        spec = specs.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise InferenceError(f"unknown input {name!r}; the model's inputs are {sorted(specs)}")
+        if name in arrays:
+            raise InferenceError(f"input '{name}' is given twice")
+        shape = _check_shape(item, spec)
+        size = _binary_size(item)
+        if size is None:
+            arrays[name] = _json_tensor(item, spec, shape)
+        else:
+            if offset + size > len(binary):
+                raise InferenceError(f"input '{name}': binary_data_size {size} runs past the end of the body "
+                                     f"({len(binary) - offset} bytes left)")
+            arrays[name] = _binary_tensor(binary[offset:offset + size], spec, shape)
+            offset += size
+    if offset != len(binary):
+        raise InferenceError(f"the body has {len(binary) - offset} bytes of binary data that no input claims "
+                             "(check Inference-Header-Content-Length and binary_data_size)")
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise InferenceError(f"missing input(s) {missing}")
+    return arrays
+
+
+def _check_shape(item: dict, spec: TensorSpec) -> tuple[int, ...]:
+    """Return the request's shape for ``spec`` after checking datatype, rank and fixed dims."""
+    datatype = item.get("datatype")
+    if datatype != spec.datatype:
+        raise InferenceError(f"input '{spec.name}': datatype {datatype!r} does not match the model's {spec.datatype}")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InferenceError(f"input '{spec.name}': 'shape' must be a list of integers, got {shape!r}")
+    expected = list(spec.shape)
+    if len(shape) != len(expected) or any(e not in (-1, d) or d < 0 for d, e in zip(shape, expected)):
+        raise InferenceError(f"input '{spec.name}': shape {shape} does not match the model's {expected}")
+    return tuple(shape)
+
+
+def _binary_size(item: dict) -> int | None:
+    params = _dict(item.get("parameters", {}), "parameters")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InferenceError(f"input '{item.get('name')}': binary_data_size must be a non-negative integer")
+    if "data" in item:
+        raise InferenceError(f"input '{item.get('name')}' has both 'data' and binary_data_size")
+    return size
+
+
+def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode ``data`` (flat or nested, row-major) into an array of ``shape``."""
+    data = item.get("data")
+    if not isinstance(data, list):
+        raise InferenceError(f"input '{spec.name}' needs 'data' (a list) or binary_data_size")
+    try:
+        raw = np.asarray(data)
+    except ValueError:
+        raise InferenceError(f"input '{spec.name}': 'data' is a ragged nested list") from None
+    allowed = "b" if spec.datatype == "BOOL" else ("biu" if DATATYPES[spec.datatype].kind in "iu" else "biuf")
+    if raw.size and raw.dtype.kind not in allowed:
+        raise InferenceError(f"input '{spec.name}': 'data' must hold {spec.datatype} numbers, "
+                             f"found {_kind_name(raw.dtype.kind)}")
+    count = math.prod(shape)
+    if raw.size != count:
+        raise InferenceError(f"input '{spec.name}': shape {list(shape)} needs {count} elements, got {raw.size}")
+    return _finite(raw.astype(DATATYPES[spec.datatype], copy=False).reshape(shape), spec.name)
+
+
+def _kind_name(kind: str) -> str:
+    return {"U": "strings", "O": "null or mixed values", "b": "booleans", "f": "non-integers"}.get(kind, "other values")
+
+
+def _binary_tensor(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode raw little-endian bytes into an array of ``shape`` (a copy: the body is freed)."""
+    dtype = DATATYPES[spec.datatype]
+    need = math.prod(shape) * dtype.itemsize
+    if len(raw) != need:
+        raise InferenceError(f"input '{spec.name}': shape {list(shape)} of {spec.datatype} needs {need} bytes, "
+                             f"binary_data_size is {len(raw)}")
+    return _finite(np.frombuffer(raw, dtype=dtype).reshape(shape).copy(), spec.name)
+
+
+def _finite(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "infinity"
+        raise InferenceError(f"input '{name}' contains {bad}; every value must be finite")
+    return arr
+
+
+def _check_rows(arrays: dict[str, np.ndarray], specs: list[TensorSpec], max_rows: int) -> int:
+    """All inputs must agree on the batch size, which must be in 1..max_rows."""
+    rows = {a.shape[0] if a.ndim else 1 for a in arrays.values()}
+    if len(rows) > 1:
+        raise InferenceError(f"inputs disagree on the batch size: {sorted(rows)}")
+    n = rows.pop()
+    if n == 0:
+        raise InferenceError("empty batch: the input has 0 rows")
+    if n > max_rows:
+        raise InferenceError(f"batch of {n} rows is over the limit of {max_rows} rows per request")
+    return n
+
+
+def _parse_outputs(outputs, names: list[str]) -> list[OutputRequest] | None:
+    """The ``outputs`` selection, or None for "all outputs"."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise InferenceError("'outputs' must be a list")
+    chosen = []
+    for item in outputs:
+        item = _dict(item, "outputs[]")
+        name = item.get("name")
+        if name not in names:
+            raise InferenceError(f"unknown output {name!r}; the model's outputs are {names}")
+        params = _dict(item.get("parameters", {}), "parameters")
+        k = params.get("classification", 0)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise InferenceError(f"output '{name}': classification must be a non-negative integer")
+        chosen.append(OutputRequest(name, bool(params.get("binary_data", False)), k))
+    return chosen
+
+
+def _parse_top_k(k) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise InferenceError(f"parameter top_k must be a non-negative integer, got {k!r}")
+    return k
+
+
+# ---------------------------------------------------------------- responses
+
+def top_k(scores: np.ndarray, k: int, class_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The k best classes of each row: (names (N, k) object array, scores (N, k)).
+
+    Ties go to the lower class index (a stable sort), as ``np.argsort(-p, kind="stable")``.
+    """
+    rows = scores.reshape(scores.shape[0], -1)
+    if not 0 < k <= rows.shape[1]:
+        raise InferenceError(f"top_k is {k} but the model has {rows.shape[1]} classes")
+    idx = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    labels = class_names if class_names is not None else [str(i) for i in range(rows.shape[1])]
+    names = np.array([[labels[j] for j in r] for r in idx], dtype=object)
+    return names, np.take_along_axis(rows, idx, axis=1)
+
+
+def classification(scores: np.ndarray, k: int, class_names: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: (N, k) strings ``"score:index[:label]"``."""
+    rows = scores.reshape(scores.shape[0], -1)
+    if k > rows.shape[1]:
+        raise InferenceError(f"classification asks for {k} classes but the output has {rows.shape[1]}")
+    idx = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    def text(r: int, j: int) -> str:
+        label = f":{class_names[j]}" if class_names is not None and j < len(class_names) else ""
+        return f"{float(rows[r, j]):f}:{j}{label}"
+    return np.array([[text(r, j) for j in idx[r]] for r in range(rows.shape[0])], dtype=object)
+
+
+def encode_bytes(arr: np.ndarray) -> bytes:
+    """Serialise a BYTES tensor: each element as a 4-byte little-endian length and UTF-8."""
+    parts = []
+    for s in arr.reshape(-1):
+        b = s.encode() if isinstance(s, str) else bytes(s)
+        parts += [struct.pack("<I", len(b)), b]
+    return b"".join(parts)
+
+
+def output_entry(name: str, arr: np.ndarray, binary: bool, chunks: list[bytes]) -> dict:
+    """The JSON for one output; its bytes go on ``chunks`` when ``binary``."""
+    datatype = "BYTES" if arr.dtype == object else _DATATYPE_OF[arr.dtype]
+    entry = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+    if binary:
+        raw = encode_bytes(arr) if datatype == "BYTES" else np.ascontiguousarray(arr, DATATYPES[datatype]).tobytes()
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        chunks.append(raw)
+    else:
+        entry["data"] = arr.reshape(-1).tolist()
+    return entry
+
+
+def encode_response(body: dict, chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """The response bytes and headers: JSON alone, or JSON + binary with the header length."""
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {"content-type": "application/json"}
+    return b"".join([head, *chunks]), {"content-type": "application/octet-stream",
+                                       "inference-header-content-length": str(len(head))}
