@@ -1,0 +1,336 @@
+"""Optimizers: SGD (plain, momentum, Nesterov), AdaGrad, RMSProp and Adam, updating in place.
+
+Optax splits an optimizer into ``init(params) -> state`` and ``update(grads, state)``;
+we keep that shape but allocate the state once and update ``params`` in place, because a
+NumPy training step cannot afford a new array per parameter per step.
+
+Every optimizer runs the same chain on each step (the shared front lives in
+:class:`Optimizer`, each subclass only supplies its ``_direction``)::
+
+    g  <- grad * min(1, clip_norm / ||grads||)      clipping by global norm (clip_norm > 0)
+    g  <- g + wd * w                                  decay_mode l2, kernels only
+    w  <- w - lr * direction(g)                       the optimizer proper
+    w  <- w - lr * wd * w_old                         decay_mode decoupled, kernels only (AdamW)
+
+Weight decay touches kernels only (names ending ``.kernel``), never biases, batch-norm
+gamma/beta or learned alphas.
+
+The lecture's Adam has two slips that we correct (see docs/optimizers.md): it *adds* the
+step (``w <- w + eta ...``), and it writes the bias-corrected moments back into the moment
+variables, which compounds the correction step after step. Here the step is subtracted
+and ``m_hat``, ``s_hat`` are separate values computed fresh each step.
+
+Subnormal floats: a gradient that is exactly zero (a dead ReLU unit) makes every decaying
+trace (momentum, RMSProp's ``s``, Adam's ``m`` and ``s``) shrink geometrically until it is
+subnormal, and arithmetic on subnormals is tens of times slower on x86. Every ``K`` steps
+(``K`` chosen from the smallest decay rate so that a trace shrinks by at most 2^-40 in
+between) entries below ``tiny * 2^44`` (about 2e-25 in float32) are set to zero: such values
+move no weight measurably, and no trace ever reaches the subnormal range.
+
+Speed: all state of one kind (``m``, ``s``, ``v``, scratch) lives in one flat buffer with a
+view per parameter, so the steps that do not touch a gradient run as one NumPy call over
+every parameter at once instead of one per array.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from ..ir import Step
+
+_FLUSH_SHRINK = 2.0 ** -40   # a trace may shrink by at most this between two flushes
+_FLUSH_ABOVE_TINY = 2.0 ** 44  # flush threshold = tiny * this, so flushed-to survivors stay normal
+
+
+def is_decayed(name: str) -> bool:
+    """Weight decay applies to kernels only: ``dense1.kernel`` yes, ``dense1.bias`` no."""
+    return name.endswith(".kernel")
+
+
+def global_norm(grads: Mapping[str, np.ndarray], names: Iterable[str]) -> float:
+    """sqrt(sum_i ||g_i||^2) over the named gradients (inf or nan if any entry is)."""
+    total = 0.0
+    for n in names:
+        g = grads[n].reshape(-1)
+        total += float(np.dot(g, g))
+    return math.sqrt(total) if math.isfinite(total) else total
+
+
+def flush_interval(decays: Iterable[float]) -> int:
+    """Steps between flushes: the largest K <= 64 with beta^K >= 2^-40 for every decay beta in (0, 1)."""
+    k = 64
+    for beta in decays:
+        if 0.0 < beta < 1.0:
+            k = min(k, max(1, int(math.log(_FLUSH_SHRINK) / math.log(beta))))
+    return k
+
+
+class Optimizer:
+    """Shared front of every optimizer: clipping, weight decay, step count, state I/O.
+
+    ``params``: name -> array (updated in place by :meth:`step`); ``names``: the trainable
+    ones (default: every name), all of one float dtype. ``state[slot][name]`` are views
+    into one flat zero-initialised buffer per slot, allocated here once.
+    """
+
+    kind = "optimizer"
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, params: Mapping[str, np.ndarray], names: Iterable[str] | None = None, *,
+                 lr: float = 0.01, weight_decay: float = 0.0, decay_mode: str = "l2",
+                 clip_norm: float = 0.0) -> None:
+        self.names = list(params if names is None else names)
+        self.shapes = {n: params[n].shape for n in self.names}
+        self.dtype = np.result_type(*[params[n].dtype for n in self.names]) if self.names else np.float32
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.decay_mode = decay_mode
+        self.clip_norm = float(clip_norm)
+        self.t = 0
+        self._flat = {slot: self._buffer(zero=True) for slot in self.slots}
+        self.state = {slot: self._views(buf) for slot, buf in self._flat.items()}
+        self._tmp_flat = self._buffer()
+        self._tmp = self._views(self._tmp_flat)
+        self._sq_flat = self._buffer()  # g*g, for the optimizers that need it
+        self._sq = self._views(self._sq_flat)
+        needs_g = self.clip_norm > 0.0 or (self.weight_decay > 0.0 and decay_mode == "l2")
+        self._g = self._views(self._buffer()) if needs_g else {}
+        self._flush_every = flush_interval(self.decays())
+        self._flush_below = np.finfo(self.dtype).tiny * _FLUSH_ABOVE_TINY
+
+    def _buffer(self, zero: bool = False) -> np.ndarray:
+        size = sum(math.prod(s) for s in self.shapes.values())
+        return np.zeros(size, self.dtype) if zero else np.empty(size, self.dtype)
+
+    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out, i = {}, 0
+        for n, shape in self.shapes.items():
+            size = math.prod(shape)
+            out[n] = flat[i:i + size].reshape(shape)
+            i += size
+        return out
+
+    def decays(self) -> tuple[float, ...]:
+        """The decay rates of this optimizer's exponentially decaying traces (for flushing)."""
+        return ()
+
+    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+             lr: float | None = None, grad_norm: float | None = None) -> None:
+        """One update of every trainable array in ``params``, in place; ``grads`` is left as given.
+
+        ``grads[name]`` has the shape of ``params[name]``; ``grad_norm`` may pass the
+        global norm when the caller already computed it (used for clipping).
+        """
+        lr = self.lr if lr is None else float(lr)
+        self.t += 1
+        gs = self._effective_grads(params, grads, grad_norm)
+        if self.decay_mode == "decoupled" and self.weight_decay > 0.0:
+            # w - lr*dir - lr*wd*w == w*(1 - lr*wd) - lr*dir, since no direction reads w
+            keep = 1.0 - lr * self.weight_decay
+            for n in self.names:
+                if is_decayed(n):
+                    params[n] *= params[n].dtype.type(keep)
+        self._update(params, gs, lr)
+        if self.slots and self.t % self._flush_every == 0:
+            self._flush_tiny()
+
+    def _effective_grads(self, params, grads, grad_norm):
+        """The gradients after clipping and l2 decay, in scratch buffers (the caller's are untouched)."""
+        if not self._g:
+            return grads
+        scale = 1.0
+        if self.clip_norm > 0.0:
+            norm = global_norm(grads, self.names) if grad_norm is None else grad_norm
+            if norm > self.clip_norm:
+                scale = self.clip_norm / norm
+        l2 = self.weight_decay if self.decay_mode == "l2" else 0.0
+        for n in self.names:
+            g = np.multiply(grads[n], scale, out=self._g[n])
+            if l2 and is_decayed(n):
+                g += l2 * params[n]
+        return self._g
+
+    def _update(self, params, grads, lr: float) -> None:
+        """w <- w - lr * direction(g) for every trainable array; subclasses implement it."""
+        raise NotImplementedError
+
+    def _apply(self, params) -> None:
+        """w <- w - tmp for each array: the last per-array pass of every update."""
+        for n in self.names:
+            params[n] -= self._tmp[n]
+
+    def _flush_tiny(self) -> None:
+        """Set state entries with |x| < tiny * 2^44 to zero (keeps decaying traces out of subnormals)."""
+        for slot in self.slots:
+            buf = self._flat[slot]
+            np.putmask(buf, np.abs(buf) < self._flush_below, 0)
+
+    # --- checkpoints -------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat name -> array: ``t`` and ``<slot>/<param name>`` for each state array."""
+        out: dict[str, np.ndarray] = {"t": np.array(self.t, dtype=np.int64)}
+        for slot, arrays in self.state.items():
+            for n, a in arrays.items():
+                out[f"{slot}/{n}"] = a
+        return out
+
+    def load_state_dict(self, d: Mapping[str, np.ndarray]) -> None:
+        """Copy a :meth:`state_dict` back into the preallocated state; KeyError/ValueError if it does not fit."""
+        self.t = int(d["t"])
+        for slot, arrays in self.state.items():
+            for n, a in arrays.items():
+                src = np.asarray(d[f"{slot}/{n}"])
+                if src.shape != a.shape:
+                    raise ValueError(f"optimizer state {slot}/{n}: expected shape {a.shape}, found {src.shape}")
+                a[...] = src
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent; plain SGD is momentum SGD with momentum 0 (no buffer).
+
+    momentum mu > 0:  v <- mu*v + g;  w <- w - lr*v            (heavy ball)
+    nesterov:         v <- mu*v + g;  w <- w - lr*(g + mu*v)   (look-ahead form)
+    mu = 0:           w <- w - lr*g                            (the lecture's SGD)
+    """
+
+    kind = "sgd"
+
+    def __init__(self, params, names=None, *, momentum: float = 0.0, nesterov: bool = False, **kw) -> None:
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.slots = ("v",) if self.momentum > 0.0 else ()
+        super().__init__(params, names, **kw)
+
+    def decays(self):
+        return (self.momentum,)
+
+    def _update(self, params, grads, lr):
+        tmp = self._tmp_flat
+        if not self.slots:
+            for n in self.names:
+                np.multiply(grads[n], lr, out=self._tmp[n])
+            return self._apply(params)
+        v = self._flat["v"]
+        v *= v.dtype.type(self.momentum)
+        for n in self.names:
+            self.state["v"][n] += grads[n]
+        if self.nesterov:
+            np.multiply(v, self.momentum, out=tmp)
+            for n in self.names:
+                self._tmp[n] += grads[n]
+            tmp *= tmp.dtype.type(lr)
+        else:
+            np.multiply(v, lr, out=tmp)
+        self._apply(params)
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad (lecture):  s <- s + g*g;  w <- w - lr * g / sqrt(s + eps), eps = 1e-10 inside the root."""
+
+    kind = "adagrad"
+    slots = ("s",)
+
+    def __init__(self, params, names=None, *, eps: float = 1e-10, **kw) -> None:
+        self.eps = float(eps)
+        super().__init__(params, names, **kw)
+
+    def _update(self, params, grads, lr):
+        for n in self.names:
+            np.multiply(grads[n], grads[n], out=self._sq[n])
+        self._flat["s"] += self._sq_flat
+        self._divide_by_root(params, grads, lr)
+
+    def _divide_by_root(self, params, grads, lr):
+        """w <- w - lr * g / sqrt(s + eps), shared by AdaGrad and RMSProp."""
+        tmp = self._tmp_flat
+        np.add(self._flat["s"], self.eps, out=tmp)
+        np.sqrt(tmp, out=tmp)
+        for n in self.names:
+            np.divide(grads[n], self._tmp[n], out=self._tmp[n])
+        tmp *= tmp.dtype.type(lr)
+        self._apply(params)
+
+
+class RMSProp(AdaGrad):
+    """RMSProp (lecture):  s <- beta*s + (1-beta)*g*g;  w <- w - lr * g / sqrt(s + eps).
+
+    AdaGrad with an exponentially decaying ``s`` instead of a sum.
+    """
+
+    kind = "rmsprop"
+
+    def __init__(self, params, names=None, *, beta: float = 0.9, eps: float = 1e-10, **kw) -> None:
+        self.beta = float(beta)
+        super().__init__(params, names, eps=eps, **kw)
+
+    def decays(self):
+        return (self.beta,)
+
+    def _update(self, params, grads, lr):
+        for n in self.names:
+            np.multiply(grads[n], grads[n], out=self._sq[n])
+        _ema(self._flat["s"], self._sq_flat, self.beta)
+        self._divide_by_root(params, grads, lr)
+
+
+class Adam(Optimizer):
+    """Adam with the lecture's two slips corrected (the step is subtracted; m_hat, s_hat are separate).
+
+    m <- b1*m + (1-b1)*g;  s <- b2*s + (1-b2)*g*g             (t counts steps from 1)
+    m_hat = m / (1-b1^t);  s_hat = s / (1-b2^t)               (temporaries; m and s keep their values)
+    w <- w - lr * m_hat / sqrt(s_hat + eps)
+
+    Computed as  w <- w - (lr*sqrt(c2)/c1) * m / sqrt(s + eps*c2)  with c_i = 1 - b_i^t,
+    the same value with the scalar factors folded together (one pass less per factor).
+    """
+
+    kind = "adam"
+    slots = ("m", "s")
+
+    def __init__(self, params, names=None, *, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, **kw) -> None:
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        super().__init__(params, names, **kw)
+
+    def decays(self):
+        return (self.beta1, self.beta2)
+
+    def _update(self, params, grads, lr):
+        m, s, tmp, sq = self._flat["m"], self._flat["s"], self._tmp_flat, self._sq_flat
+        for n in self.names:
+            np.multiply(grads[n], grads[n], out=self._sq[n])
+            np.multiply(grads[n], 1.0 - self.beta1, out=self._tmp[n])
+        m *= m.dtype.type(self.beta1)
+        m += tmp
+        _ema(s, sq, self.beta2)
+        c1 = 1.0 - self.beta1 ** self.t
+        c2 = 1.0 - self.beta2 ** self.t
+        np.add(s, self.eps * c2, out=tmp)      # c2 * (s_hat + eps)
+        np.sqrt(tmp, out=tmp)
+        np.divide(m, tmp, out=tmp)
+        tmp *= tmp.dtype.type(lr * math.sqrt(c2) / c1)
+        self._apply(params)
+
+
+def _ema(buf: np.ndarray, x: np.ndarray, beta: float) -> None:
+    """buf <- beta*buf + (1-beta)*x in place; ``x`` is overwritten (scaled by 1-beta)."""
+    x *= x.dtype.type(1.0 - beta)
+    buf *= buf.dtype.type(beta)
+    buf += x
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam}
+
+
+def make_optimizer(step: Step, params: Mapping[str, np.ndarray], names: Iterable[str] | None = None) -> Optimizer:
+    """The optimizer an IR ``optimizer`` statement describes (options as schema.OPTIMIZER binds them)."""
+    opts = dict(step.options)
+    return OPTIMIZERS[step.kind](params, names, **opts)
+
+
+__all__ = ["OPTIMIZERS", "AdaGrad", "Adam", "Optimizer", "RMSProp", "SGD", "flush_interval", "global_norm",
+           "is_decayed", "make_optimizer"]
