@@ -1,0 +1,624 @@
+"""AST -> checked IR: bind options against the schema, build layers, check the whole spec.
+
+``parse(text, path)`` and ``load(path)`` return an :class:`ir.Model` or raise
+:class:`SpecError` carrying every diagnostic of the file (or :class:`UsageError` for a
+file that cannot be read). Options are bound one by one (``Schema.bind_one``) so that a
+file with five mistakes gets five messages, each with a span and a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from . import ir
+from .errors import NO_SPAN, DiagnosticSink, ShapeError, Span, SpecError, UsageError
+from .parser import Arg, Stmt, Value, normalize_text, parse_ast
+from .schema import AUGMENT, LAYERS, LOSS, OPTIMIZER, REQUIRED, SCHEDULE, STATEMENTS, FloatList, Int, OptionError
+
+MAX_FILE_BYTES = 1_000_000
+MAX_REPEAT = 1000
+MAX_LAYERS = 10_000
+DATA_SOURCES = ("fashion-mnist", "spirals", "moons", "blobs", "digits")
+TOP_LEVEL = ("network", "data", "input", "normalize", "classes", "targets", "augment", "layers",
+             "loss", "optimizer", "schedule", "train")
+BLOCKS = ("augment", "layers")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def parse(text: str, path: str = "<string>") -> ir.Model:
+    """Parse and check a spec; raise SpecError with every diagnostic found."""
+    text = normalize_text(text)
+    stmts = parse_ast(text, path)
+    return _Builder(path, text).build(stmts)
+
+
+def load(path: str | Path) -> ir.Model:
+    """Read a ``.dnn`` file and parse it; UsageError when the file cannot be read as text."""
+    return parse(read_spec(path), str(path))
+
+
+def read_spec(path: str | Path) -> str:
+    """The text of a spec file (BOM dropped), or UsageError with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory, not a .dnn file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UsageError(f"{path}: file is {size / 1e6:.1f} MB; a spec may be at most "
+                             f"{MAX_FILE_BYTES // 1_000_000} MB (is this really a .dnn file?)")
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if b"\x00" in data:
+        raise UsageError(f"{path}: binary file, not a .dnn text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def render(model: ir.Model) -> str:
+    """The spec written back with every default filled in (see dnnspec.summary.render)."""
+    from .summary import render as _render
+
+    return _render(model)
+
+
+def did_you_mean(word: str, choices: Any, what: str) -> str:
+    """A hint: the closest known name, or the list of known names."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known {what}: {', '.join(choices)}"
+
+
+def _name_span(arg: Arg) -> Span:
+    s = arg.span
+    return Span(s.file, s.line, s.col, s.line, s.col + len(arg.name or ""))
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+@dataclasses.dataclass
+class _Item:
+    """A layer as declared: its decl, whether all required options bound, its statement."""
+
+    decl: ir.LayerDecl
+    ok: bool
+    stmt: Stmt
+
+
+class _Builder:
+    """Walks the statements once, collecting diagnostics; builds the Model if there are none."""
+
+    def __init__(self, path: str, source: str):
+        self.path = path
+        self.source = source
+        self.sink = DiagnosticSink()
+        self.layers_reliable = True
+
+    def error(self, message: str, span: Span = NO_SPAN, hint: str | None = None) -> None:
+        self.sink.error(message, span, hint)
+
+    def file_span(self) -> Span:
+        return Span(self.path, 0, 0, 0, 0)
+
+    # --- top level ------------------------------------------------------------------
+
+    def build(self, stmts: tuple[Stmt, ...]) -> ir.Model:
+        found = self._collect(stmts)
+        name = self._network(found.get("network"))
+        data, data_span = self._data(found.get("data"))
+        inp = self._input(found.get("input"))
+        norm = self._normalize(found.get("normalize"), inp)
+        task = self._task(found)
+        augment = self._augment(found.get("augment"), inp)
+        layers = self._layers(found.get("layers"), inp)
+        loss = self._loss(found.get("loss"), task)
+        optimizer = self._kind_step(found.get("optimizer"), OPTIMIZER, "optimizer", "adam")
+        schedule = self._kind_step(found.get("schedule"), SCHEDULE, "schedule", "constant")
+        train = self._train(found.get("train"))
+        if layers and task and loss and self.layers_reliable:
+            self._check_output(layers, task, loss, found)
+        if self.sink or inp is None or task is None or layers is None or loss is None:
+            raise SpecError(self.sink.items, self.source)
+        lines = self.source.split("\n")
+        return ir.Model(
+            name=name, input=inp, layers=layers, task=task, loss=loss, optimizer=optimizer,
+            schedule=schedule, train=train, normalize=norm, augment=augment, data=data,
+            data_span=data_span, source=self.source, path=self.path,
+            span=Span(self.path, 1, 1, len(lines), len(lines[-1]) + 1))
+
+    def _collect(self, stmts: tuple[Stmt, ...]) -> dict[str, Stmt]:
+        """Top-level statements by head; unknown, duplicate and block misuse reported."""
+        found: dict[str, Stmt] = {}
+        for s in stmts:
+            if s.head not in TOP_LEVEL:
+                self._unknown_top(s)
+                continue
+            if s.head in found:
+                first = found[s.head].head_span.line
+                self.error(f"duplicate '{s.head}' statement (first written on line {first})", s.head_span,
+                           "keep one of them")
+                continue
+            if s.head in BLOCKS and s.body is None:
+                self.error(f"'{s.head}' needs a block", s.head_span, f"write: {s.head} {{ ... }} over several lines")
+                continue
+            if s.head not in BLOCKS and s.body is not None:
+                self.error(f"'{s.head}' takes no block", s.head_span,
+                           "only 'layers', 'augment' and 'repeat' have blocks")
+            found[s.head] = s
+        return found
+
+    def _unknown_top(self, s: Stmt) -> None:
+        if s.head in LAYERS or s.head == "repeat":
+            self.error(f"layer '{s.head}' outside the layers block", s.head_span,
+                       "put layers inside: layers { ... }")
+        elif s.head in AUGMENT:
+            self.error(f"augmentation op '{s.head}' outside the augment block", s.head_span,
+                       "put it inside: augment { ... }")
+        else:
+            self.error(f"unknown statement '{s.head}'", s.head_span, did_you_mean(s.head, TOP_LEVEL, "statements"))
+
+    # --- binding options --------------------------------------------------------------
+
+    def bind(self, schema: Any, what: str, positional: list[Value], named: list[Arg],
+             owner: Span) -> tuple[dict[str, Any], set[str], bool]:
+        """Bind raw values option by option. Returns (values with defaults, explicit names, ok).
+
+        ``ok`` is False when a required option is missing or invalid.
+        """
+        values: dict[str, Any] = {}
+        failed: set[str] = set()
+        self._too_many(schema, what, positional)
+        for opt_name, v in zip(schema.positional, positional):
+            self._bind_one(schema, opt_name, v.raw, v.span, values, failed)
+        seen: dict[str, Arg] = {}
+        for a in named:
+            if a.name in seen or a.name in values:
+                self.error(f"option '{a.name}' of {what} is given twice", _name_span(a), "keep one of them")
+                continue
+            seen[a.name] = a
+            if a.name not in schema.by_name:
+                known = [o.name for o in schema.options]
+                hint = did_you_mean(a.name, known, f"options of {what}") if known else f"{what} takes no options"
+                self.error(f"unknown option '{a.name}' for {what}", _name_span(a), hint)
+                continue
+            self._bind_one(schema, a.name, a.value.raw, a.value.span, values, failed)
+        explicit = set(values)
+        ok = True
+        for o in schema.options:
+            if o.name in values:
+                continue
+            if o.default is not REQUIRED:
+                values[o.name] = o.default  # also stands in for an invalid value, to check the rest
+            elif o.name in failed:
+                ok = False
+            else:
+                self.error(f"{what} needs a value for '{o.name}'", owner,
+                           f"for example: {schema.example}" if schema.example else None)
+                ok = False
+        return values, explicit, ok
+
+    def _too_many(self, schema: Any, what: str, positional: list[Value]) -> None:
+        n = len(schema.positional)
+        if len(positional) <= n:
+            return
+        extra = positional[n]
+        names = [o.name for o in schema.options if o.name not in schema.positional]
+        if n == 0:
+            msg = f"{what} takes no values without a name, found {len(positional)}"
+        else:
+            msg = f"{what} takes at most {n} value(s) without a name, found {len(positional)}"
+        hint = f"write options as name=value ({', '.join(names)})" if names else "remove the extra value"
+        self.error(msg, extra.span, hint)
+
+    def _bind_one(self, schema: Any, opt_name: str, raw: Any, span: Span, values: dict[str, Any],
+                  failed: set[str]) -> None:
+        try:
+            values[opt_name] = schema.bind_one(opt_name, raw)
+        except OptionError as e:
+            failed.add(opt_name)
+            opt = schema.by_name[opt_name]
+            self.error(str(e), span, f"'{opt_name}' takes a {opt.type.describe()}")
+
+    def _no_args(self, s: Stmt, what: str) -> None:
+        if s.args:
+            self.error(f"{what} takes no values", s.args[0].span, "remove them")
+
+    # --- statements -------------------------------------------------------------------
+
+    def _single(self, s: Stmt, what: str, example: str) -> Value | None:
+        """The one positional value of a statement like ``network NAME``."""
+        for a in s.named:
+            self.error(f"'{s.head}' takes no options", _name_span(a), f"write: {example}")
+        pos = s.positional
+        if not pos:
+            self.error(f"'{s.head}' needs {what}", s.head_span, f"write: {example}")
+            return None
+        if len(pos) > 1:
+            self.error(f"'{s.head}' takes one value, found {len(pos)}", pos[1].span, f"write: {example}")
+        return pos[0]
+
+    def _network(self, s: Stmt | None) -> str:
+        default = Path(self.path).stem if self.path != "<string>" else "model"
+        if s is None:
+            return default if NAME_RE.fullmatch(default) else "model"
+        v = self._single(s, "a name", "network my_net")
+        if v is None:
+            return default
+        if not isinstance(v.raw, str) or not NAME_RE.fullmatch(v.raw):
+            self.error(f"network name must be a name like my_net, found {v.raw!r}", v.span,
+                       "use letters, digits, '_' and '-'")
+            return default
+        return v.raw
+
+    def _data(self, s: Stmt | None) -> tuple[str | None, Span]:
+        if s is None:
+            return None, NO_SPAN
+        v = self._single(s, "a data source", 'data fashion-mnist  or  data "path/to/file.npz"')
+        if v is None:
+            return None, s.span
+        if v.kind == "string" and v.raw:
+            return v.raw, v.span
+        if v.kind == "name" and v.raw in DATA_SOURCES:
+            return v.raw, v.span
+        if v.kind == "name":
+            self.error(f"unknown data source '{v.raw}'", v.span,
+                       did_you_mean(v.raw, DATA_SOURCES, "sources") + '; or quote a file path: data "file.npz"')
+        else:
+            self.error("data needs a source name or a quoted file path", v.span, 'for example: data "train.npz"')
+        return None, v.span
+
+    def _input(self, s: Stmt | None) -> ir.Input | None:
+        if s is None:
+            self.error("missing 'input' statement", self.file_span(),
+                       "add one, like: input [784]  or  input image[1, 28, 28] scale=1/255")
+            return None
+        pos = s.positional
+        kind = None
+        if pos and pos[0].kind == "name":
+            kind, pos = pos[0], pos[1:]
+            if kind.raw not in ("image", "vector"):
+                self.error(f"unknown input kind '{kind.raw}'", kind.span, did_you_mean(kind.raw, ("image", "vector"),
+                                                                                       "kinds"))
+                return None
+        values, _, _ = self.bind(STATEMENTS["input"], "input", [], s.named, s.head_span)
+        if len(pos) != 1 or pos[0].kind != "list":
+            span = pos[1].span if len(pos) > 1 else s.head_span
+            self.error("input needs one shape, like [784] or image[1, 28, 28]", span,
+                       "write: input [features]  or  input image[C, H, W]")
+            return None
+        return self._input_shape(kind, pos[0], values["scale"], s)
+
+    def _input_shape(self, kind: Value | None, shape_v: Value, scale: float, s: Stmt) -> ir.Input | None:
+        dims = []
+        for d in shape_v.raw:
+            try:
+                dims.append(Int(1, 10**9).convert(d))
+            except OptionError as e:
+                self.error(f"input shape: {e}", shape_v.span, "each size is a whole number >= 1")
+                return None
+        want_image = kind is not None and kind.raw == "image"
+        if want_image and len(dims) != 3:
+            self.error(f"image input needs 3 sizes [C, H, W], found {len(dims)}", shape_v.span,
+                       "write: input image[1, 28, 28]")
+            return None
+        if not want_image and len(dims) != 1:
+            hint = "write image[C, H, W] for images" if len(dims) == 3 else "write one size: input [784]"
+            self.error(f"vector input needs one size, found {len(dims)}", shape_v.span, hint)
+            return None
+        return ir.Input("image" if want_image else "vector", tuple(dims), scale, s.span)
+
+    def _normalize(self, s: Stmt | None, inp: ir.Input | None) -> ir.Normalize:
+        if s is None:
+            return ir.Normalize()
+        pos, named = s.positional, {a.name: a for a in s.named}
+        if pos:
+            if len(pos) > 1 or named or pos[0].raw not in ("auto", "none"):
+                self.error("normalize takes 'auto', 'none', or mean=... std=...", pos[0].span,
+                           "write: normalize auto  or  normalize mean=0.5 std=0.25")
+                return ir.Normalize()
+            return ir.Normalize(pos[0].raw, (), (), s.span)
+        for a in s.named:
+            if a.name not in ("mean", "std"):
+                self.error(f"unknown option '{a.name}' for normalize", _name_span(a),
+                           did_you_mean(a.name, ("mean", "std"), "options of normalize"))
+        if "mean" not in named or "std" not in named:
+            self.error("normalize needs both mean=... and std=... (or 'auto' / 'none')", s.head_span,
+                       "write: normalize mean=0.5 std=0.25")
+            return ir.Normalize()
+        mean = self._float_list(named["mean"], FloatList(), inp)
+        std = self._float_list(named["std"], FloatList(positive=True), inp)
+        if mean is None or std is None:
+            return ir.Normalize()
+        return ir.Normalize("values", mean, std, s.span)
+
+    def _float_list(self, a: Arg, typ: FloatList, inp: ir.Input | None) -> tuple[float, ...] | None:
+        try:
+            vals = typ.convert(a.value.raw)
+        except OptionError as e:
+            self.error(f"normalize {a.name}: {e}", a.value.span, f"'{a.name}' takes a {typ.describe()}")
+            return None
+        if inp is not None and len(vals) not in (1, inp.shape[0]):
+            what = "channels" if inp.kind == "image" else "features"
+            self.error(f"normalize {a.name} has {len(vals)} values, but the input has {inp.shape[0]} {what}",
+                       a.value.span, f"give one value, or one per {what[:-1]} ({inp.shape[0]})")
+            return None
+        return vals
+
+    def _task(self, found: dict[str, Stmt]) -> ir.Task | None:
+        c, t = found.get("classes"), found.get("targets")
+        if c is not None and t is not None:
+            later = t if t.head_span.line >= c.head_span.line else c
+            self.error("'classes' and 'targets' conflict: a spec classifies or regresses, not both",
+                       later.head_span, "keep 'classes' for classification, 'targets' for regression")
+            return None
+        if c is None and t is None:
+            self.error("missing 'classes' or 'targets' statement", self.file_span(),
+                       "add 'classes 10' (or class names) for classification, 'targets 1' for regression")
+            return None
+        if t is not None:
+            v = self._single(t, "a number of outputs", "targets 1")
+            n = self._int(v, Int(1, 10**6), "targets") if v else None
+            return ir.Task("regression", targets=n, span=t.span) if n else None
+        return self._classes(c)
+
+    def _int(self, v: Value, typ: Int, what: str) -> int | None:
+        try:
+            return typ.convert(v.raw)
+        except OptionError as e:
+            self.error(f"{what}: {e}", v.span, f"{what} takes an {typ.describe()}")
+            return None
+
+    def _classes(self, s: Stmt) -> ir.Task | None:
+        for a in s.named:
+            self.error("'classes' takes no options", _name_span(a), 'write: classes 10  or  classes "cat", "dog"')
+        pos = s.positional
+        if not pos:
+            self.error("'classes' needs a count or class names", s.head_span, 'write: classes 10  or  classes "a", "b"')
+            return None
+        if len(pos) == 1 and pos[0].kind == "number":
+            n = self._int(pos[0], Int(2, 10**6), "classes")
+            return ir.Task("classification", classes=n, span=s.span) if n else None
+        names: list[str] = []
+        for v in pos:
+            if not isinstance(v.raw, str) or isinstance(v.raw, bool):
+                self.error(f"class names must be strings, found {v.raw!r}", v.span,
+                           'write names in quotes: classes "cat", "dog"  (or one count: classes 10)')
+                return None
+            if v.raw in names:
+                self.error(f"duplicate class name {v.raw!r}", v.span, "each class needs its own name")
+                return None
+            names.append(v.raw)
+        if len(names) < 2:
+            self.error("a classifier needs at least 2 classes", pos[0].span, "add the other class names")
+            return None
+        return ir.Task("classification", classes=len(names), class_names=tuple(names), span=s.span)
+
+    def _augment(self, s: Stmt | None, inp: ir.Input | None) -> tuple[ir.Step, ...]:
+        if s is None:
+            return ()
+        self._no_args(s, "'augment'")
+        if inp is not None and inp.kind != "image":
+            self.error("augment needs an image input, but the input is a vector "
+                       f"{_fmt_shape(inp.shape)}", s.head_span,
+                       "remove the augment block, or declare input image[C, H, W]")
+        steps, seen = [], {}
+        for op in s.body or ():
+            if op.head not in AUGMENT:
+                self.error(f"unknown augment op '{op.head}'", op.head_span, did_you_mean(op.head, AUGMENT, "ops"))
+                continue
+            if op.head in seen:
+                self.error(f"duplicate augment op '{op.head}' (first on line {seen[op.head]})", op.head_span,
+                           "keep one of them")
+                continue
+            seen[op.head] = op.head_span.line
+            if op.body is not None:
+                self.error(f"augment op '{op.head}' takes no block", op.head_span, "remove the { ... }")
+            values, explicit, ok = self.bind(AUGMENT[op.head], op.head, op.positional, op.named, op.head_span)
+            if ok:
+                steps.append(ir.Step(op.head, ir.FrozenDict(values), op.span, frozenset(explicit)))
+        return tuple(steps)
+
+    def _loss(self, s: Stmt | None, task: ir.Task | None) -> ir.Step | None:
+        if s is None:
+            kind = "mse" if task is not None and task.kind == "regression" else "cross_entropy"
+            return ir.Step(kind)
+        step = self._kind_step(s, LOSS, "loss", None)
+        if step is None or task is None:
+            return step
+        if task.kind == "regression" and step.kind != "mse":
+            self.error(f"{step.kind} is a classification loss, but the spec has 'targets'", s.args[0].span,
+                       "use 'loss mse' for regression, or 'classes N' for classification")
+        elif task.kind == "classification" and step.kind == "mse":
+            self.error("mse is a regression loss, but the spec has 'classes'", s.args[0].span,
+                       "use 'loss cross_entropy' for classes, or 'targets N' for regression")
+        elif step.kind == "binary_cross_entropy" and task.classes != 2:
+            self.error(f"binary_cross_entropy needs exactly 2 classes, found {task.classes}", s.args[0].span,
+                       "use 'loss cross_entropy' for more than two classes")
+        return step
+
+    def _kind_step(self, s: Stmt | None, table: dict, what: str, default: str | None) -> ir.Step | None:
+        """``optimizer adam lr=...``: a kind, then options bound by that kind's schema."""
+        if s is None:
+            values, _ = table[default].bind([], {})
+            return ir.Step(default, ir.FrozenDict(values))
+        pos = s.positional
+        if not pos:
+            self.error(f"'{what}' needs a kind", s.head_span, f"known {what}s: {', '.join(table)}")
+            return None
+        kind = pos[0]
+        if kind.raw not in table:
+            self.error(f"unknown {what} '{kind.raw}'", kind.span, did_you_mean(kind.raw, table, f"{what}s"))
+            return None
+        values, explicit, ok = self.bind(table[kind.raw], kind.raw, pos[1:], s.named, s.head_span)
+        return ir.Step(kind.raw, ir.FrozenDict(values), s.span, frozenset(explicit)) if ok else None
+
+    def _train(self, s: Stmt | None) -> ir.FrozenDict:
+        schema = STATEMENTS["train"]
+        if s is None:
+            return ir.FrozenDict(schema.bind([], {})[0])
+        values, _, _ = self.bind(schema, "train", s.positional, s.named, s.head_span)
+        return ir.FrozenDict(values)
+
+    # --- layers -----------------------------------------------------------------------
+
+    def _layers(self, s: Stmt | None, inp: ir.Input | None) -> tuple[ir.Layer, ...] | None:
+        if s is None:
+            self.error("missing 'layers' block", self.file_span(), "add: layers { dense 10\n softmax }")
+            return None
+        self._no_args(s, "'layers'")
+        items = self._items(s.body or ())
+        if not items:
+            if not self.sink:
+                self.error("the layers block is empty", s.head_span, "add at least one layer, like: dense 10")
+            return None
+        if len(items) > MAX_LAYERS:
+            self.error(f"{len(items)} layers after expanding repeat blocks; at most {MAX_LAYERS}", s.head_span,
+                       "use fewer or smaller repeat blocks")
+            return None
+        self._check_names(items)
+        self._check_softmax(items)
+        ok_prefix = []
+        for it in items:
+            if not it.ok:
+                self.layers_reliable = False
+                break
+            ok_prefix.append(it.decl)
+        if inp is None:
+            self.layers_reliable = False
+            return None
+        n_errors = len(self.sink.items)
+        layers = ir.build_layers(inp.shape, ok_prefix, on_error=self._shape_error)
+        if len(self.sink.items) > n_errors:
+            self.layers_reliable = False
+        return layers
+
+    def _shape_error(self, decl: ir.LayerDecl, e: ShapeError) -> None:
+        span = decl.option_spans.get(e.option or "", decl.span)
+        self.error(e.message, span, e.hint)
+
+    def _items(self, stmts: tuple[Stmt, ...] | list[Stmt]) -> list[_Item]:
+        items: list[_Item] = []
+        for s in stmts:
+            if s.head == "repeat":
+                items.extend(self._repeat(s))
+            elif s.head in LAYERS:
+                items.append(self._layer(s))
+            elif s.head in TOP_LEVEL:
+                self.error(f"'{s.head}' is a top-level statement, not a layer", s.head_span,
+                           "move it out of the layers block")
+            else:
+                self.error(f"unknown layer '{s.head}'", s.head_span,
+                           did_you_mean(s.head, [*LAYERS, "repeat"], "layers"))
+                items.append(_Item(ir.LayerDecl(s.head, {}, set(), s.span), False, s))
+        return items
+
+    def _layer(self, s: Stmt) -> _Item:
+        if s.body is not None:
+            self.error(f"layer '{s.head}' takes no block", s.head_span, "only 'repeat' has a block inside layers")
+        values, explicit, ok = self.bind(LAYERS[s.head], s.head, s.positional, s.named, s.head_span)
+        spans = {o: v.span for o, v in zip(LAYERS[s.head].positional, s.positional)}
+        spans.update({a.name: a.value.span for a in s.named})
+        if values.get("name") is not None and not NAME_RE.fullmatch(values["name"]):
+            self.error(f"layer name {values['name']!r} is not a plain name", spans.get("name", s.span),
+                       "use letters, digits, '_' and '-' (parameters are named <layer>.kernel)")
+            values["name"] = None
+        return _Item(ir.LayerDecl(s.head, values, explicit, s.span, spans), ok, s)
+
+    def _repeat(self, s: Stmt) -> list[_Item]:
+        pos = s.positional
+        for a in s.named:
+            self.error("'repeat' takes no options", _name_span(a), "write: repeat 3 { ... }")
+        if s.body is None:
+            self.error("'repeat' needs a block", s.head_span, "write: repeat 3 { dense 64 ... }")
+            return []
+        if len(pos) != 1:
+            self.error("'repeat' needs one count", pos[1].span if len(pos) > 1 else s.head_span,
+                       "write: repeat 3 { ... }")
+            return []
+        n = self._int(pos[0], Int(1, MAX_REPEAT), "repeat")
+        inner = self._items(s.body)
+        if n is None:
+            return [dataclasses.replace(it, ok=False) for it in inner[:1]]
+        return [self._suffixed(it, f"_{i}") for i in range(1, n + 1) for it in inner]
+
+    @staticmethod
+    def _suffixed(it: _Item, suffix: str) -> _Item:
+        name = it.decl.options.get("name")
+        opts = dict(it.decl.options)
+        if name is not None:
+            opts["name"] = name + suffix
+        decl = dataclasses.replace(it.decl, options=opts, explicit=set(it.decl.explicit))
+        return dataclasses.replace(it, decl=decl)
+
+    def _check_names(self, items: list[_Item]) -> None:
+        names = ir.default_names([it.decl for it in items])
+        first: dict[str, _Item] = {}
+        for it, name in zip(items, names):
+            if name in first:
+                other = first[name]
+                user = it.decl.options.get("name") is not None
+                hint = (f"the layer on line {other.stmt.head_span.line} is also named '{name}'; "
+                        "layers without name= are called <kind><n>, so choose another name")
+                span = it.decl.option_spans.get("name", it.stmt.head_span) if user else it.stmt.head_span
+                self.error(f"duplicate layer name '{name}'", span, hint)
+            else:
+                first[name] = it
+
+    def _check_softmax(self, items: list[_Item]) -> None:
+        for it in items[:-1]:
+            if it.decl.kind == "softmax":
+                self.error("softmax must be the last layer", it.stmt.head_span,
+                           "the losses expect softmax only at the output; use another activation here")
+
+    # --- output checks ----------------------------------------------------------------
+
+    def _check_output(self, layers: tuple[ir.Layer, ...], task: ir.Task, loss: ir.Step,
+                      found: dict[str, Stmt]) -> None:
+        last = layers[-1]
+        out = last.out_shape
+        if len(out) != 1:
+            self.error(f"the network ends with shape {_fmt_shape(out)}, but its output must be a vector",
+                       last.span, "end with flatten (or global_avgpool) and a dense layer")
+            return
+        want = {"cross_entropy": task.classes, "binary_cross_entropy": 1, "mse": task.targets}[loss.kind]
+        if want and out[0] != want:
+            self._width_error(layers, out[0], want, task, loss)
+        self._check_final_activation(last, loss, found)
+
+    def _width_error(self, layers: tuple[ir.Layer, ...], got: int, want: int, task: ir.Task,
+                     loss: ir.Step) -> None:
+        weighted = [layer for layer in layers if layer.kind in ir.WEIGHTED]
+        span = weighted[-1].span if weighted else layers[-1].span
+        if loss.kind == "binary_cross_entropy":
+            why = "binary_cross_entropy with 2 classes needs 1 output (the probability of the second class)"
+        elif loss.kind == "mse":
+            why = f"targets is {task.targets}"
+        else:
+            why = f"there are {task.classes} classes"
+        self.error(f"the network outputs {got} values, but {why}", span,
+                   f"make the last dense layer 'dense {want}'")
+
+    def _check_final_activation(self, last: ir.Layer, loss: ir.Step, found: dict[str, Stmt]) -> None:
+        kind = last.kind
+        if loss.kind == "cross_entropy" and kind != "softmax":
+            self.error(f"cross_entropy needs the network to end with softmax, but it ends with {kind}", last.span,
+                       "add 'softmax' as the last layer (the engine fuses it with the loss)")
+        elif loss.kind == "binary_cross_entropy" and kind != "sigmoid":
+            self.error(f"binary_cross_entropy needs the network to end with sigmoid, but it ends with {kind}",
+                       last.span, "add 'sigmoid' as the last layer (the engine fuses it with the loss)")
+        elif loss.kind == "mse" and kind == "softmax":
+            self.error("mse must not follow softmax: regression outputs are not probabilities", last.span,
+                       "remove the final softmax (or use 'loss cross_entropy' with 'classes N')")
