@@ -209,7 +209,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise UsageError(f"cannot write {path}: no permission to create files in {folder} ({e.strerror})") from None
+        raise UsageError(f"cannot write {path}: cannot create a file in {folder} ({e.strerror}); "
+                         "check the folder's write permission or choose another path") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
