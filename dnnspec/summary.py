@@ -12,8 +12,22 @@ from decimal import Decimal
 from typing import Any
 
 from . import ir
-from .schema import (AUGMENT, LAYERS, LOSS, OPTIMIZER, SCHEDULE, STATEMENTS, Angle, Bool, FloatList, FloatRange,
-                     Length, Pair, Padding, Schema)
+from .schema import (
+    AUGMENT,
+    LAYERS,
+    LOSS,
+    OPTIMIZER,
+    SCHEDULE,
+    STATEMENTS,
+    Angle,
+    Bool,
+    FloatList,
+    FloatRange,
+    Length,
+    Padding,
+    Pair,
+    Schema,
+)
 
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*")
 
