@@ -60,10 +60,11 @@ class Augmenter:
         self.value_range = (float(value_range[0]), float(value_range[1]))
 
     @classmethod
-    def from_model(cls, model: ir.Model, value_range: tuple[float, float] | None = None) -> Augmenter:
-        """From ``model.augment``; the value range defaults to ``(0, 1/input.scale)`` (0..255 for scale=1/255)."""
+    def from_model(cls, model: ir.Model, x: np.ndarray | None = None,
+                   value_range: tuple[float, float] | None = None) -> Augmenter:
+        """From ``model.augment``; the value range defaults to :func:`default_value_range` of ``x``."""
         if value_range is None:
-            value_range = (0.0, 1.0 / model.input.scale)
+            value_range = default_value_range(x, model.input.scale)
         return cls(model.augment, model.input.shape, value_range)
 
     def __bool__(self) -> bool:
@@ -137,6 +138,22 @@ class Augmenter:
         y0 = (rng.random(n) * (h - eh + 1)).astype(np.int64)
         x0 = (rng.random(n) * (w - ew + 1)).astype(np.int64)
         return erase(x, on, y0, x0, eh, ew, o["value"])
+
+
+def default_value_range(x: np.ndarray | None, scale: float = 1.0) -> tuple[float, float]:
+    """The raw-unit range augmented values are clipped to.
+
+    (0, 255) for uint8 data; else (0, 1/scale) (the range that ``scale`` maps to [0, 1]) when
+    the data lies inside it; else the data's own (min, max).
+    """
+    if x is not None and x.dtype == np.uint8:
+        return (0.0, 255.0)
+    lo, hi = 0.0, 1.0 / scale
+    if x is not None and x.size:
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo or xmax > hi:
+            return (xmin, xmax)
+    return (lo, hi)
 
 
 # --- the vectorised cores, usable with explicit parameters ----------------------------
@@ -223,4 +240,4 @@ def erase(x: np.ndarray, on: np.ndarray, y0: np.ndarray, x0: np.ndarray, eh: np.
     return x
 
 
-__all__ = ["AFFINE", "Augmenter", "affine_matrices", "affine_sample", "crop", "erase"]
+__all__ = ["AFFINE", "Augmenter", "affine_matrices", "affine_sample", "crop", "default_value_range", "erase"]
