@@ -1,18 +1,15 @@
 """Convolution and pooling ops: conv2d, maxpool, avgpool, global_avgpool.
 
-Shapes at the op boundary are NCHW, as everywhere in the engine: ``x`` is
-``(N, C, H, W)``, ``dy`` is ``(N, F, OH, OW)``. Inside, the ops work in NHWC, where the
-channels of one pixel are contiguous, so that
+Arrays at the op boundary are NCHW and C-contiguous, as everywhere in the engine:
+``x`` is ``(N, C, H, W)``, ``dy`` is ``(N, F, OH, OW)``. Like the ops of ``ops.py``,
+outputs and input gradients live in per-op buffers reused while the batch shape
+repeats: an array ``forward``/``backward`` returns is valid until the op's next call.
 
-* im2col is a single strided copy whose innermost runs are ``kw * C`` floats long,
-* the convolution is ONE ``(N*OH*OW, kh*kw*C) @ (kh*kw*C, F)`` matrix multiply whose
-  ``(N*OH*OW, F)`` result already *is* the NHWC output (no reordering copy), and
-* pooling reads and writes contiguous channel vectors.
-
-Outputs (and input gradients) are returned as NCHW-shaped ``transpose`` views of
-NHWC memory; the next op's ``x.transpose(0, 2, 3, 1)`` is then free. NumPy's
-elementwise ops (ReLU, dropout, batch norm in ``ops.py``) keep the memory order of
-their input, so a chain conv -> relu -> maxpool -> conv never reorders memory.
+conv2d works on an NHWC copy of its (padded) input, where the channels of a pixel are
+contiguous, so that im2col is a single strided copy whose innermost runs are ``kw*C``
+floats long, and the convolution is ONE matrix multiply
+``Y (F, N*OH*OW) = Wmat (F, kh*kw*C) @ cols.T``. The ``(F, N, OH*OW)`` result goes to
+NCHW by a copy of contiguous ``OH*OW`` blocks that also adds the bias.
 
 Padding follows ONNX: explicit ``(top, left, bottom, right)`` pads from
 :func:`dnnspec.shapes.conv_pads`; ``same`` is SAME_UPPER (the odd pixel goes at the
@@ -26,11 +23,10 @@ Conventions that tests and the ONNX exporter rely on:
 * avgpool: padding is not counted (ONNX ``count_include_pad=0``): each output is the
   mean of the real pixels under its window.
 
-Every op reads its parameters from ``params`` in the op's dtype (float32 by default,
-float64 for gradient checks). ``op.need_dx = False`` makes ``backward`` return None.
-Scratch buffers (the im2col matrix, padded inputs) are kept on the op and reused while
-the batch shape repeats; ``forward`` then ``backward`` must pair up, as the trainer
-calls them (conv2d's backward reuses the column buffer for the column gradient).
+Every op computes in its dtype (float32 by default, float64 for gradient checks).
+``op.need_dx = False`` makes ``backward`` return None. ``forward`` then ``backward``
+must pair up, as the trainer calls them: conv2d's backward writes the column gradient
+over the column buffer its forward filled.
 """
 
 from __future__ import annotations
@@ -45,31 +41,33 @@ from ..shapes import conv_pads
 from .base import Op, register
 
 
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) -> (N, H, W, C) view."""
-    return x.transpose(0, 2, 3, 1)
-
-
-def _nchw(y: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> (N, C, H, W) view."""
-    return y.transpose(0, 3, 1, 2)
-
-
 def _window_views(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                  out_hw: tuple[int, int]):
-    """Yield ``(i, j, view)`` for each kernel offset, view = xp[:, i + sh*r, j + sw*s, :].
+                  out_hw: tuple[int, int], axes: tuple[int, int] = (2, 3)):
+    """Yield ``(i, j, view)`` for each kernel offset: the inputs that offset sees.
 
-    xp: (N, Hp, Wp, C); each view: (N, OH, OW, C), a strided slice (writeable if xp is).
-    The loop is over the kh*kw offsets only, in row-major window order.
+    xp: a padded array whose spatial axes are ``axes`` ((2, 3) for NCHW, (1, 2) for
+    NHWC); view = xp[.., i + sh*r, j + sw*s, ..] for r < OH, s < OW, a strided slice,
+    writeable if xp is. The loop is over the kh*kw offsets only, in row-major order.
     """
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    index = [slice(None)] * xp.ndim
     for i in range(kh):
         for j in range(kw):
-            yield i, j, xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+            index[axes[0]] = slice(i, i + sh * (oh - 1) + 1, sh)
+            index[axes[1]] = slice(j, j + sw * (ow - 1) + 1, sw)
+            yield i, j, xp[tuple(index)]
+
+
+def _grad_slot(grads: dict[str, np.ndarray], key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The gradient array for ``key``, overwritten in place when ``grads`` already has one that fits."""
+    g = grads.get(key)
+    if g is None or g.shape != shape or g.dtype != dtype:
+        g = grads[key] = np.empty(shape, dtype=dtype)
+    return g
 
 
 class _WindowOp(Op):
-    """Shared geometry of conv2d and the pools: kernel, stride, pads and buffers."""
+    """Shared geometry of conv2d and the pools (kernel, stride, pads) and named buffers."""
 
     def __init__(self, layer: Layer, dtype: Any = np.float32):
         super().__init__(layer, dtype)
@@ -79,7 +77,23 @@ class _WindowOp(Op):
         self.kernel = tuple(self.opts["kernel"])
         self.stride = tuple(self.opts["stride"])
         self.pads = conv_pads(self.opts, h, w)
-        self._pad_buf: np.ndarray | None = None
+        self.padded_hw = (h + self.pads[0] + self.pads[2], w + self.pads[1] + self.pads[3])
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def buf(self, tag: str, shape: tuple[int, ...], dtype: Any = None, fill: float | None = None) -> np.ndarray:
+        """A scratch array ``shape`` for ``tag``, the same one while the shape repeats.
+
+        ``fill`` initialises a new array (a padded buffer's border keeps it for good).
+        """
+        key = (tag, shape)
+        b = self._bufs.get(key)
+        if b is None:
+            if len(self._bufs) > 32:  # many batch shapes seen (predict on odd sizes): start over
+                self._bufs.clear()
+            dt = self.dtype if dtype is None else dtype
+            b = np.empty(shape, dtype=dt) if fill is None else np.full(shape, fill, dtype=dt)
+            self._bufs[key] = b
+        return b
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_chw:
@@ -87,34 +101,29 @@ class _WindowOp(Op):
                              f"got {tuple(x.shape)}")
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
-    def _padded(self, xt: np.ndarray, fill: float) -> np.ndarray:
-        """xt: (N, H, W, C) -> (N, H+t+b, W+l+r, C) with ``fill`` in the border.
-
-        The buffer is kept: its border is written once and only the interior is copied
-        on later calls with the same batch size. Without padding, xt itself.
-        """
-        t, left, b, r = self.pads
-        if not (t or left or b or r):
-            return xt
-        n, h, w, c = xt.shape
-        shape = (n, h + t + b, w + left + r, c)
-        buf = self._pad_buf
-        if buf is None or buf.shape != shape or buf.dtype != xt.dtype:
-            buf = self._pad_buf = np.full(shape, fill, dtype=xt.dtype)
-        np.copyto(buf[:, t:t + h, left:left + w, :], xt)
-        return buf
-
-    def _crop(self, dxp: np.ndarray) -> np.ndarray:
-        """Undo the padding of a (N, Hp, Wp, C) gradient: (N, H, W, C) view."""
+    def _interior(self, xp: np.ndarray, axes: tuple[int, int] = (2, 3)) -> np.ndarray:
+        """The unpadded part of a padded array (spatial ``axes``): a view."""
         t, left, _, _ = self.pads
         _, h, w = self.in_chw
-        return dxp[:, t:t + h, left:left + w, :]
+        index = [slice(None)] * xp.ndim
+        index[axes[0]], index[axes[1]] = slice(t, t + h), slice(left, left + w)
+        return xp[tuple(index)]
 
-    def _grad_buffer(self, n: int, dtype: np.dtype) -> np.ndarray:
-        """Zeroed (N, Hp, Wp, C) input-gradient array (fresh: the caller keeps it)."""
-        c, h, w = self.in_chw
-        t, left, b, r = self.pads
-        return np.zeros((n, h + t + b, w + left + r, c), dtype=dtype)
+    def _unpad(self, dxp: np.ndarray) -> np.ndarray:
+        """A padded NCHW gradient -> its C-contiguous interior (N, C, H, W); dxp itself without pads."""
+        if not any(self.pads):
+            return dxp
+        dx = self.buf("dx", dxp.shape[:2] + self.in_chw[1:])
+        np.copyto(dx, self._interior(dxp))
+        return dx
+
+    def _padded_nchw(self, x: np.ndarray, fill: float) -> np.ndarray:
+        """x (N, C, H, W) -> (N, C, Hp, Wp) with ``fill`` in the border; x itself without pads."""
+        if not any(self.pads):
+            return x
+        xp = self.buf("xp", (x.shape[0], x.shape[1]) + self.padded_hw, fill=fill)
+        np.copyto(self._interior(xp), x)
+        return xp
 
 
 @register("conv2d")
@@ -126,75 +135,74 @@ class Conv2D(_WindowOp):
         y[n, f, r, s] = bias[f] + sum_{c,i,j} kernel[f, c, i, j] * xp[n, c, r*sh + i, s*sw + j]
 
     with xp the zero-padded input. As matrices (M = N*OH*OW, K = kh*kw*C):
-    ``cols (M, K)`` holds the receptive fields (NHWC order, columns ordered (i, j, c)),
-    ``wmat (K, F)`` the kernel, and ``Y = cols @ wmat + bias``. Backward:
-    ``dW = cols.T @ dY``, ``db = 1.T @ dY``, ``dcols = dY @ wmat.T`` and dx is col2im of
-    dcols: one strided add per kernel offset.
+    ``cols (M, K)`` holds the receptive fields (rows (n, r, s), columns (i, j, c)),
+    ``wmat (F, K)`` the kernel, and ``Y (F, M) = wmat @ cols.T``. Backward with
+    ``dY (F, M)``: ``dW = dY @ cols``, ``db = dY @ 1``, ``dcols = dY.T @ wmat`` and dx is
+    col2im of dcols: one strided add per kernel offset.
     """
 
     def __init__(self, layer: Layer, dtype: Any = np.float32):
         super().__init__(layer, dtype)
         self.filters = layer.out_shape[0]
         self.has_bias = bool(self.opts.get("bias", True))
-        self._cols: np.ndarray | None = None
-        self._ones: np.ndarray | None = None
-        self._cache: tuple | None = None
 
-    def _col_buffer(self, m: int, k: int, dtype: np.dtype) -> np.ndarray:
-        if self._cols is None or self._cols.shape != (m, k) or self._cols.dtype != dtype:
-            self._cols = np.empty((m, k), dtype=dtype)
-        return self._cols
-
-    def _im2col(self, xp: np.ndarray, n: int) -> np.ndarray:
-        """xp: (N, Hp, Wp, C) -> cols (N*OH*OW, kh*kw*C), one strided copy into a reused buffer."""
+    def _im2col(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) -> cols (N*OH*OW, kh*kw*C), via a padded NHWC copy and one strided copy."""
+        n, c = x.shape[:2]
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
-        c = xp.shape[3]
-        if (kh, kw, sh, sw) == (1, 1, 1, 1) and xp.flags.c_contiguous:
-            return xp.reshape(n * oh * ow, c)
-        cols = self._col_buffer(n * oh * ow, kh * kw * c, xp.dtype)
+        xp = self.buf("xp", (n,) + self.padded_hw + (c,), fill=0.0)  # NHWC, border stays zero
+        np.copyto(self._interior(xp, (1, 2)), x.transpose(0, 2, 3, 1))
+        cols = self.buf("cols", (n * oh * ow, kh * kw * c))
         s_n, s_h, s_w, s_c = xp.strides
         win = as_strided(xp, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c), writeable=False)
         np.copyto(cols.reshape(n, oh, ow, kh, kw, c), win)
         return cols
 
     def forward(self, x, params, training, rng):
-        """x: (N, C, H, W) -> (N, F, OH, OW) (a transposed view of NHWC memory)."""
+        """x: (N, C, H, W) -> y (N, F, OH, OW)."""
         x = self._check(x)
-        n = x.shape[0]
-        kernel = params[self.key("kernel")]
-        f, c, kh, kw = kernel.shape
-        wmat = kernel.astype(self.dtype, copy=False).transpose(2, 3, 1, 0).reshape(kh * kw * c, f)
-        cols = self._im2col(self._padded(_nhwc(x), 0.0), n)
-        y = cols @ wmat
+        n, f, p = x.shape[0], self.filters, self.out_hw[0] * self.out_hw[1]
+        kernel = params[self.key("kernel")].astype(self.dtype, copy=False)
+        wmat = self.buf("wmat", (f, kernel[0].size))  # (F, K), columns (i, j, c) like cols
+        np.copyto(wmat.reshape(f, *self.kernel, -1), kernel.transpose(0, 2, 3, 1))
+        cols = self._im2col(x)
+        yfm = np.matmul(wmat, cols.T, out=self.buf("yfm", (f, cols.shape[0])))
+        y = self.buf("y", (n, f) + self.out_hw)
+        blocks = yfm.reshape(f, n, p).transpose(1, 0, 2)  # (N, F, P) view, contiguous P-blocks
         if self.has_bias:
-            y += params[self.key("bias")].astype(self.dtype, copy=False)
-        self._cache = (n, cols, wmat)
-        oh, ow = self.out_hw
-        return _nchw(y.reshape(n, oh, ow, f))
+            np.add(blocks, params[self.key("bias")].astype(self.dtype, copy=False)[:, None], out=y.reshape(n, f, p))
+        else:
+            np.copyto(y.reshape(n, f, p), blocks)
+        self._saved = (n, cols, wmat)
+        return y
 
     def backward(self, dy, params, grads):
         """dy: (N, F, OH, OW) -> dx (N, C, H, W), or None when need_dx is False."""
-        n, cols, wmat = self._cache
-        oh, ow = self.out_hw
-        m = n * oh * ow
-        dy2 = _nhwc(dy).astype(self.dtype, copy=False).reshape(m, self.filters)
-        kh, kw = self.kernel
-        c = self.in_chw[0]
-        dw = cols.T @ dy2
-        grads[self.key("kernel")] = np.ascontiguousarray(dw.reshape(kh, kw, c, self.filters).transpose(3, 2, 0, 1))
+        n, cols, wmat = self._saved
+        f, c, (kh, kw) = self.filters, self.in_chw[0], self.kernel
+        dyfm = self.buf("dyfm", (f, cols.shape[0]))  # (F, N*P)
+        np.copyto(dyfm.reshape(f, n, -1), dy.reshape(n, f, -1).transpose(1, 0, 2))
+        dw = np.matmul(dyfm, cols, out=self.buf("dw", wmat.shape))
+        dk = _grad_slot(grads, self.key("kernel"), (f, c, kh, kw), self.dtype)
+        np.copyto(dk, dw.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
         if self.has_bias:
-            if self._ones is None or self._ones.shape[0] != m or self._ones.dtype != dy2.dtype:
-                self._ones = np.ones(m, dtype=dy2.dtype)
-            grads[self.key("bias")] = self._ones @ dy2
+            np.sum(dyfm, axis=1, out=_grad_slot(grads, self.key("bias"), (f,), self.dtype))
         if not self.need_dx:
             return None
-        # cols is not needed any more: write the column gradient over it.
-        dcols = np.matmul(dy2, wmat.T, out=cols) if cols is self._cols else dy2 @ wmat.T
-        dxp = self._grad_buffer(n, dcols.dtype)
+        dcols = np.matmul(dyfm.T, wmat, out=cols)  # cols is not needed any more
+        return self._col2im(dcols, n)
+
+    def _col2im(self, dcols: np.ndarray, n: int) -> np.ndarray:
+        """dcols (N*OH*OW, kh*kw*C) -> dx (N, C, H, W): add each offset's columns at its strided place."""
+        c, (kh, kw), (oh, ow) = self.in_chw[0], self.kernel, self.out_hw
+        dxp = self.buf("dxp", (n,) + self.padded_hw + (c,))  # NHWC
+        dxp.fill(0)
         d6 = dcols.reshape(n, oh, ow, kh, kw, c)
-        for i, j, view in _window_views(dxp, self.kernel, self.stride, self.out_hw):
+        for i, j, view in _window_views(dxp, self.kernel, self.stride, self.out_hw, (1, 2)):
             view += d6[:, :, :, i, j, :]
-        return _nchw(self._crop(dxp))
+        dx = self.buf("dx", (n,) + self.in_chw)
+        np.copyto(dx, self._interior(dxp, (1, 2)).transpose(0, 3, 1, 2))
+        return dx
 
 
 @register("maxpool")
@@ -202,43 +210,52 @@ class MaxPool(_WindowOp):
     """Max over each kh x kw window; padding acts as -inf.
 
     x: (N, C, H, W) -> y: (N, C, OH, OW), y = max over offsets (i, j) of xp[.., r*sh+i, s*sw+j].
-    Backward: each window's dy goes to the first offset (row-major) whose value equals
-    the max, tracked with a boolean "still unassigned" mask; overlapping windows add.
+    Backward: each window's dy goes to the first offset (row-major) whose input equals
+    the max, tracked with a boolean "window still unassigned" mask; overlapping windows add.
     """
 
     def forward(self, x, params, training, rng):
         x = self._check(x)
-        xp = self._padded(_nhwc(x), -np.inf)
-        y = None
-        for _, _, view in _window_views(xp, self.kernel, self.stride, self.out_hw):
-            if y is None:
-                y = view.copy()
-            else:
-                np.maximum(y, view, out=y)
-        self._cache = (xp, y)
-        return _nchw(y)
+        xp = self._padded_nchw(x, -np.inf)
+        y = self.buf("y", x.shape[:2] + self.out_hw)
+        views = _window_views(xp, self.kernel, self.stride, self.out_hw)
+        np.copyto(y, next(views)[2])
+        for _, _, view in views:
+            np.maximum(y, view, out=y)
+        self._saved = (xp, y)
+        return y
+
+    def _covers_all(self) -> bool:
+        """True when the windows tile the input exactly, without overlap: every dx is written once."""
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        _, h, w = self.in_chw
+        return not any(self.pads) and (kh, kw) == (sh, sw) and (oh * kh, ow * kw) == (h, w)
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
-        xp, y = self._cache
-        dyt = _nhwc(dy).astype(self.dtype, copy=False)
-        dxp = self._grad_buffer(xp.shape[0], dyt.dtype)
-        free = None  # windows whose gradient is still unassigned
-        hit = np.empty(y.shape, dtype=bool)
-        tmp = np.empty(y.shape, dtype=dyt.dtype)
+        xp, y = self._saved
+        dxp = self.buf("dxp", xp.shape)
+        tiled = self._covers_all()
+        if not tiled:
+            dxp.fill(0)
+        hit = self.buf("hit", y.shape, np.bool_)
+        free = self.buf("free", y.shape, np.bool_)  # windows whose gradient is still unassigned
+        tmp = self.buf("tmp", y.shape)
         offsets = _window_views(xp, self.kernel, self.stride, self.out_hw)
-        douts = _window_views(dxp, self.kernel, self.stride, self.out_hw)
-        for (_, _, xv), (_, _, dv) in zip(offsets, douts):
+        targets = _window_views(dxp, self.kernel, self.stride, self.out_hw)
+        for k, ((_, _, xv), (_, _, dv)) in enumerate(zip(offsets, targets)):
             np.equal(xv, y, out=hit)
-            if free is None:
-                free = np.logical_not(hit)
+            if k == 0:
+                np.logical_not(hit, out=free)
             else:
                 hit &= free
-                free &= ~hit
-            np.multiply(dyt, hit, out=tmp)
-            dv += tmp
-        return _nchw(self._crop(dxp))
+                free ^= hit
+            if tiled:
+                np.multiply(dy, hit, out=dv)
+            else:
+                dv += np.multiply(dy, hit, out=tmp)
+        return self._unpad(dxp)
 
 
 def _counts(size: int, k: int, s: int, pad_lo: int, out: int) -> np.ndarray:
@@ -262,50 +279,49 @@ class AvgPool(_WindowOp):
         t, left, _, _ = self.pads
         _, h, w = self.in_chw
         count = np.outer(_counts(h, kh, sh, t, oh), _counts(w, kw, sw, left, ow))
-        self.inv_count = (1.0 / count).astype(self.dtype)[None, :, :, None]  # (1, OH, OW, 1)
-        self._n = 0
+        self.inv_count = (1.0 / count).astype(self.dtype)  # (OH, OW)
 
     def forward(self, x, params, training, rng):
         x = self._check(x)
-        xp = self._padded(_nhwc(x), 0.0)
-        y = None
-        for _, _, view in _window_views(xp, self.kernel, self.stride, self.out_hw):
-            if y is None:
-                y = view.copy()
-            else:
-                y += view
+        xp = self._padded_nchw(x, 0.0)
+        y = self.buf("y", x.shape[:2] + self.out_hw)
+        views = _window_views(xp, self.kernel, self.stride, self.out_hw)
+        np.copyto(y, next(views)[2])
+        for _, _, view in views:
+            y += view
         y *= self.inv_count
         self._n = x.shape[0]
-        return _nchw(y)
+        return y
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
-        g = _nhwc(dy) * self.inv_count
-        dxp = self._grad_buffer(self._n, g.dtype)
+        g = np.multiply(dy, self.inv_count, out=self.buf("g", dy.shape))
+        dxp = self.buf("dxp", (self._n, self.in_chw[0]) + self.padded_hw)
+        dxp.fill(0)
         for _, _, view in _window_views(dxp, self.kernel, self.stride, self.out_hw):
             view += g
-        return _nchw(self._crop(dxp))
+        return self._unpad(dxp)
 
 
 @register("global_avgpool")
-class GlobalAvgPool(Op):
+class GlobalAvgPool(_WindowOp):
     """Mean over height and width: x (N, C, H, W) -> y (N, C); dx = dy / (H*W) everywhere."""
 
     def __init__(self, layer: Layer, dtype: Any = np.float32):
-        super().__init__(layer, dtype)
+        Op.__init__(self, layer, dtype)
         self.in_chw = tuple(layer.in_shape)
-        self._n = 0
+        self._bufs = {}
 
     def forward(self, x, params, training, rng):
-        x = x if x.dtype == self.dtype else x.astype(self.dtype)
+        x = self._check(x)
         self._n = x.shape[0]
-        return _nhwc(x).mean(axis=(1, 2), dtype=self.dtype)
+        return np.mean(x, axis=(2, 3), dtype=self.dtype, out=self.buf("y", x.shape[:2]))
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
-        c, h, w = self.in_chw
-        dxt = np.empty((self._n, h, w, c), dtype=self.dtype)
-        dxt[...] = (dy.astype(self.dtype, copy=False) / (h * w))[:, None, None, :]
-        return _nchw(dxt)
+        _, h, w = self.in_chw
+        dx = self.buf("dx", (self._n,) + self.in_chw)
+        np.multiply(dy[:, :, None, None], self.dtype.type(1.0 / (h * w)), out=dx)
+        return dx
