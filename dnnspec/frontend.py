@@ -17,7 +17,20 @@ from typing import Any
 from . import ir
 from .errors import NO_SPAN, DiagnosticSink, ShapeError, Span, SpecError, UsageError
 from .parser import Arg, Stmt, Value, normalize_text, parse_ast
-from .schema import AUGMENT, LAYERS, LOSS, OPTIMIZER, REQUIRED, SCHEDULE, STATEMENTS, FloatList, Int, OptionError
+from .schema import (
+    ACTIVATIONS,
+    AUGMENT,
+    LAYERS,
+    LOSS,
+    OPTIMIZER,
+    REQUIRED,
+    SCHEDULE,
+    STATEMENTS,
+    Choice,
+    FloatList,
+    Int,
+    OptionError,
+)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REPEAT = 1000
@@ -106,6 +119,8 @@ class _Builder:
         self.source = source
         self.sink = DiagnosticSink()
         self.layers_reliable = True
+        self.misspelled: set[str] = set()  # statements an unknown one probably meant
+        self.shape_error_seen = False
 
     def error(self, message: str, span: Span = NO_SPAN, hint: str | None = None) -> None:
         self.sink.error(message, span, hint)
@@ -168,6 +183,7 @@ class _Builder:
             self.error(f"augmentation op '{s.head}' outside the augment block", s.head_span,
                        "put it inside: augment { ... }")
         else:
+            self.misspelled.update(difflib.get_close_matches(s.head, TOP_LEVEL, n=1, cutoff=0.6))
             self.error(f"unknown statement '{s.head}'", s.head_span, did_you_mean(s.head, TOP_LEVEL, "statements"))
 
     # --- binding options --------------------------------------------------------------
@@ -229,8 +245,12 @@ class _Builder:
             values[opt_name] = schema.bind_one(opt_name, raw)
         except OptionError as e:
             failed.add(opt_name)
-            opt = schema.by_name[opt_name]
-            self.error(str(e), span, f"'{opt_name}' takes a {opt.type.describe()}")
+            typ = schema.by_name[opt_name].type
+            if isinstance(typ, Choice) and isinstance(raw, str):
+                hint = did_you_mean(raw, typ.values, "values")
+            else:
+                hint = f"'{opt_name}' expects: {typ.describe()}"
+            self.error(str(e), span, hint)
 
     def _no_args(self, s: Stmt, what: str) -> None:
         if s.args:
@@ -282,6 +302,8 @@ class _Builder:
 
     def _input(self, s: Stmt | None) -> ir.Input | None:
         if s is None:
+            if "input" in self.misspelled:
+                return None
             self.error("missing 'input' statement", self.file_span(),
                        "add one, like: input [784]  or  input image[1, 28, 28] scale=1/255")
             return None
@@ -365,6 +387,8 @@ class _Builder:
                        later.head_span, "keep 'classes' for classification, 'targets' for regression")
             return None
         if c is None and t is None:
+            if self.misspelled & {"classes", "targets"}:
+                return None
             self.error("missing 'classes' or 'targets' statement", self.file_span(),
                        "add 'classes 10' (or class names) for classification, 'targets 1' for regression")
             return None
@@ -438,6 +462,7 @@ class _Builder:
         step = self._kind_step(s, LOSS, "loss", None)
         if step is None or task is None:
             return step
+        n_errors = len(self.sink.items)
         if task.kind == "regression" and step.kind != "mse":
             self.error(f"{step.kind} is a classification loss, but the spec has 'targets'", s.args[0].span,
                        "use 'loss mse' for regression, or 'classes N' for classification")
@@ -447,6 +472,8 @@ class _Builder:
         elif step.kind == "binary_cross_entropy" and task.classes != 2:
             self.error(f"binary_cross_entropy needs exactly 2 classes, found {task.classes}", s.args[0].span,
                        "use 'loss cross_entropy' for more than two classes")
+        if len(self.sink.items) > n_errors:
+            self.layers_reliable = False  # the output checks would only repeat this mismatch
         return step
 
     def _kind_step(self, s: Stmt | None, table: dict, what: str, default: str | None) -> ir.Step | None:
@@ -476,7 +503,9 @@ class _Builder:
 
     def _layers(self, s: Stmt | None, inp: ir.Input | None) -> tuple[ir.Layer, ...] | None:
         if s is None:
-            self.error("missing 'layers' block", self.file_span(), "add: layers { dense 10\n softmax }")
+            if "layers" not in self.misspelled:
+                self.error("missing 'layers' block", self.file_span(),
+                           "add a block: layers { ... } with one layer per line")
             return None
         self._no_args(s, "'layers'")
         items = self._items(s.body or ())
@@ -506,6 +535,10 @@ class _Builder:
         return layers
 
     def _shape_error(self, decl: ir.LayerDecl, e: ShapeError) -> None:
+        """Report the first shape error only: later ones follow from the shape passed through."""
+        if self.shape_error_seen:
+            return
+        self.shape_error_seen = True
         span = decl.option_spans.get(e.option or "", decl.span)
         self.error(e.message, span, e.hint)
 
@@ -520,7 +553,9 @@ class _Builder:
                 self.error(f"'{s.head}' is a top-level statement, not a layer", s.head_span,
                            "move it out of the layers block")
             else:
-                self.error(f"unknown layer '{s.head}'", s.head_span,
+                close = difflib.get_close_matches(s.head, [*LAYERS, "repeat"], n=1, cutoff=0.6)
+                what = "activation" if close and close[0] in ACTIVATIONS else "layer"
+                self.error(f"unknown {what} '{s.head}'", s.head_span,
                            did_you_mean(s.head, [*LAYERS, "repeat"], "layers"))
                 items.append(_Item(ir.LayerDecl(s.head, {}, set(), s.span), False, s))
         return items
