@@ -1,0 +1,234 @@
+"""Net: compiled passes, fused heads, gradients of whole networks, input pipeline, API."""
+
+from __future__ import annotations
+
+import dataclasses
+import tracemalloc
+
+import numpy as np
+import pytest
+from gradcheck import numeric_grad, rel_error
+
+import dnnspec
+from dnnspec import ir
+from dnnspec.engine.net import Net
+from dnnspec.errors import DnnspecError
+
+DEEP = [
+    ("leaky_relu", {"learn": True, "per": "channel", "alpha": 0.3}),
+    ("batchnorm", {}),
+    ("elu", {"learn": True, "per": "channel", "alpha": 0.8}),
+    ("flatten", {}),
+    ("dense", {"units": 7, "bias": False}),  # a bias before batch norm has gradient 0: nothing to check
+    ("batchnorm", {}),
+    ("leaky_relu", {"learn": True, "alpha": 0.2}),
+    ("dropout", {"rate": 0.3}),
+    ("dense", {"units": 6, "init": "xavier_uniform"}),
+    ("tanh", {}),
+    ("dense", {"units": 6, "bias": False}),
+    ("elu", {"learn": True}),
+    ("dense", {"units": 5, "init": "lecun_normal"}),
+    ("softplus", {}),
+    ("dropout", {"rate": 0.2, "mode": "scale"}),
+    ("dense", {"units": 5}),
+    ("sigmoid", {}),
+    ("dense", {"units": 4}),
+    ("relu", {}),
+    ("dense", {"units": 3}),
+]
+
+
+def richardson_grad(f, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
+    """(4 D(h) - D(2h)) / 3 from centred differences D: error O(h^4), so a larger h keeps
+    round-off small through a deep stack (plain D with h=1e-6 has round-off near 1e-5 there)."""
+    return (4 * numeric_grad(f, x, h) - numeric_grad(f, x, 2 * h)) / 3
+
+
+def check_net_grads(model: ir.Model, x: np.ndarray, y: np.ndarray, tol: float = 1e-6) -> Net:
+    net = Net(model, dtype=np.float64, seed=3)
+    for name in net.trainable:  # move gammas/betas/alphas/biases off their constant starts
+        if not name.endswith(".kernel"):
+            net.params[name] += np.random.default_rng(len(name)).uniform(-0.3, 0.3, net.params[name].shape)
+
+    def f() -> float:
+        return net.loss_and_grads(x, y, rng=np.random.default_rng(11))[0]
+
+    f()
+    grads = {k: v.copy() for k, v in net.grads.items()}
+    assert sorted(grads) == sorted(net.trainable)
+    for name in net.trainable:
+        err = rel_error(grads[name], richardson_grad(f, net.params[name]))
+        assert err < tol, f"{name}: {err}"
+    return net
+
+
+def test_deep_stacked_network_cross_entropy():
+    model = ir.model_from_layers((2, 3, 3), DEEP + [("softmax", {})])
+    assert len(model.layers) >= 20
+    rng = np.random.default_rng(0)
+    check_net_grads(model, rng.normal(size=(6, 2, 3, 3)), rng.integers(0, 3, 6))
+
+
+def test_network_binary_cross_entropy_fuses_sigmoid():
+    model = ir.model_from_layers((4,), [("dense", {"units": 5}), ("elu", {}), ("dense", {"units": 1}),
+                                        ("sigmoid", {})], loss="binary_cross_entropy")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 4)), rng.integers(0, 2, 8)
+    net = check_net_grads(model, x, y)
+    p = net.forward(x)[:, 0]
+    assert net.head is not None
+    assert net.evaluate(x, y)["loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert np.array_equal(net.predict(x), (p > 0.5).astype(int))
+
+
+def test_network_mse_on_full_output():
+    model = ir.model_from_layers((3,), [("dense", {"units": 4}), ("tanh", {}), ("dense", {"units": 2}),
+                                        ("sigmoid", {})], loss="mse")
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    net = check_net_grads(model, x, y)
+    assert net.head is None
+    out = net.forward(x)
+    assert np.all((out > 0) & (out < 1))
+    assert net.evaluate(x, y) == {"loss": pytest.approx(np.mean((out - y) ** 2))}
+    assert np.allclose(net.predict(x, batch=2), out)
+
+
+def mlp(**kw) -> ir.Model:
+    return ir.model_from_layers((784,), [("dense", {"units": 256}), ("relu", {}), ("dense", {"units": 128}),
+                                         ("relu", {}), ("dense", {"units": 10}), ("softmax", {})], **kw)
+
+
+def test_forward_matches_numpy_reference_and_softmax_head():
+    net = Net(mlp(scale=1 / 255))
+    x = np.random.default_rng(0).integers(0, 256, (9, 784)).astype(np.uint8)
+    p = net.params
+    h = x.astype(np.float64) / 255
+    for i in (1, 2):
+        h = np.maximum(h @ p[f"dense{i}.kernel"] + p[f"dense{i}.bias"], 0)
+    z = h @ p["dense3.kernel"] + p["dense3.bias"]
+    assert np.allclose(net.logits(x), z, atol=1e-5)
+    e = np.exp(z - z.max(1, keepdims=True))
+    out = net.forward(x)
+    assert out.dtype == np.float32 and np.allclose(out, e / e.sum(1, keepdims=True), atol=1e-6)
+    assert np.array_equal(net.predict(x, batch=4), z.argmax(1))
+    y = np.arange(9) % 10
+    ev = net.evaluate(x, y, batch=4)
+    ce = -np.mean(np.log((e / e.sum(1, keepdims=True))[np.arange(9), y]))
+    assert ev["loss"] == pytest.approx(ce, rel=1e-5) and ev["accuracy"] == np.mean(z.argmax(1) == y)
+
+
+def test_forward_returns_fresh_arrays():
+    net = Net(mlp())
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 784)).astype(np.float32)
+    ya = net.forward(a)
+    net.forward(b)
+    assert np.allclose(ya, net.forward(a))
+
+
+def test_params_order_names_and_seed():
+    model = ir.model_from_layers((4,), [("dense", {"units": 3}), ("batchnorm", {}), ("leaky_relu", {"learn": True}),
+                                        ("dense", {"units": 2}), ("softmax", {})], train={"seed": 42})
+    net = Net(model)
+    assert list(net.params) == [p.name for p in model.params]
+    assert "bn1.running_mean" in net.params and "bn1.running_mean" not in net.trainable
+    assert net.trainable == ["dense1.kernel", "dense1.bias", "bn1.gamma", "bn1.beta", "leaky_relu1.alpha",
+                             "dense2.kernel", "dense2.bias"]
+    again, other = Net(model), Net(model, seed=43)
+    assert all(np.array_equal(net.params[k], again.params[k]) for k in net.params)
+    assert not np.array_equal(net.params["dense1.kernel"], other.params["dense1.kernel"])
+    first = np.random.default_rng(42)  # dense1 is he_normal (a ReLU-family activation follows), fan avg
+    assert np.allclose(net.params["dense1.kernel"], first.normal(0, np.sqrt(4 / 7), (4, 3)), atol=1e-7)
+
+
+def test_loss_and_grads_reuses_buffers_and_only_updates_bn_stats():
+    model = ir.model_from_layers((6,), [("dense", {"units": 5}), ("batchnorm", {}), ("relu", {}),
+                                        ("dropout", {"rate": 0.5}), ("dense", {"units": 3}), ("softmax", {})])
+    net = Net(model)
+    x = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    y = np.arange(10) % 3
+    before = {k: v.copy() for k, v in net.params.items()}
+    _, g1 = net.loss_and_grads(x, y)
+    ids = {k: id(v) for k, v in g1.items()}
+    _, g2 = net.loss_and_grads(x, y)
+    assert {k: id(v) for k, v in g2.items()} == ids
+    for k in net.params:
+        same = np.array_equal(before[k], net.params[k])
+        assert same != k.startswith("bn1.running"), k
+
+
+def test_training_step_allocates_little():
+    net = Net(mlp())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    net.loss_and_grads(x, y)
+    tracemalloc.start()
+    net.loss_and_grads(x, y)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # ufuncs that cast (float * bool mask) use an 8192-element scratch buffer; one hidden
+    # activation alone is 128 KiB, the input batch 392 KiB
+    assert peak < 64 * 1024, peak
+
+
+def with_normalize(model: ir.Model, mode: str, mean=(), std=()) -> ir.Model:
+    return dataclasses.replace(model, normalize=ir.Normalize(mode, tuple(mean), tuple(std)))
+
+
+def test_normalize_values_broadcast_per_channel():
+    base = ir.model_from_layers((3, 2, 2), [("flatten", {}), ("dense", {"units": 2}), ("softmax", {})], scale=0.5)
+    net = Net(with_normalize(base, "values", [1.0], [2.0]), dtype=np.float64)
+    assert np.array_equal(net.params["input.mean"], [1, 1, 1]) and np.array_equal(net.params["input.std"], [2, 2, 2])
+    net2 = Net(with_normalize(base, "values", [0.0, 1.0, 2.0], [1.0, 2.0, 4.0]), dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(4, 3, 2, 2))
+    h = (x * 0.5 - np.array([0, 1, 2]).reshape(1, 3, 1, 1)) / np.array([1, 2, 4]).reshape(1, 3, 1, 1)
+    p = net2.params
+    assert np.allclose(net2.logits(x), h.reshape(4, -1) @ p["dense1.kernel"] + p["dense1.bias"])
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4, 4)])
+def test_set_input_stats_auto(shape):
+    base = ir.model_from_layers(shape, [("flatten", {}), ("dense", {"units": 2}), ("softmax", {})], scale=1 / 255)
+    net = Net(with_normalize(base, "auto"))
+    assert np.all(net.params["input.mean"] == 0) and np.all(net.params["input.std"] == 1)
+    x = np.random.default_rng(0).integers(0, 256, (9000, *shape)).astype(np.uint8)
+    x[:, 1] = 7  # constant feature / channel: std 0 -> 1
+    net.set_input_stats(x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    xf = x.astype(np.float64) / 255
+    std = xf.std(axis=axes)
+    std[1] = 1.0
+    assert np.allclose(net.params["input.mean"], xf.mean(axis=axes), rtol=1e-6)
+    assert np.allclose(net.params["input.std"], std, rtol=1e-6)
+    z = net.logits(x[:3])
+    cs = (1, -1) + (1,) * (x.ndim - 2)
+    h = ((xf[:3] - xf.mean(axis=axes).reshape(cs)) / std.reshape(cs)).reshape(3, -1)
+    assert np.allclose(z, h @ net.params["dense1.kernel"] + net.params["dense1.bias"], atol=1e-5)
+
+
+def test_float32_and_float64_agree():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(16, 784)), rng.integers(0, 10, 16)
+    l32, g32 = Net(mlp()).loss_and_grads(x.astype(np.float32), y)
+    l64, g64 = Net(mlp(), dtype=np.float64).loss_and_grads(x, y)
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    assert all(g.dtype == np.float32 for g in g32.values())
+    assert np.allclose(g32["dense1.kernel"], g64["dense1.kernel"], atol=1e-5)
+
+
+def test_unknown_kind_is_a_clear_error():
+    base = ir.model_from_layers((4,), [("dense", {"units": 2}), ("softmax", {})])
+    odd = ir.Layer("warp1", "warp", ir.FrozenDict(), (2,), (2,))
+    with pytest.raises(DnnspecError, match="warp1.*'warp'"):
+        Net(dataclasses.replace(base, layers=(base.layers[0], odd, base.layers[1])))
+
+
+def test_compile_accepts_a_model_and_is_lazy():
+    model = ir.model_from_layers((4,), [("dense", {"units": 2}), ("softmax", {})], train={"seed": 9})
+    net = dnnspec.compile(model, dtype=np.float64)
+    assert isinstance(net, Net) and net.dtype == np.float64
+    assert np.array_equal(net.params["dense1.kernel"], Net(model, dtype=np.float64).params["dense1.kernel"])
+    with pytest.raises(AttributeError):
+        dnnspec.no_such_thing  # noqa: B018
