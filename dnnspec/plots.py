@@ -1,0 +1,185 @@
+"""PNG figures: learning curves of runs and grids of augmented images.
+
+matplotlib is an optional extra (``pip install 'dnnspec[plot]'``) and is imported only
+inside these functions, with the Agg backend through ``matplotlib.figure.Figure`` (no
+pyplot, no global state, no display needed). Files are written atomically: a temporary
+file in the same folder, then ``os.replace``.
+
+History rows are the trainer's: dicts with ``epoch, train_loss, train_acc, val_loss,
+val_acc, lr, time``; a missing or empty value (no validation split, a regression task)
+is drawn as nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, UsageError
+
+HISTORY = "history.csv"
+CURVES = "curves.png"
+COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time")
+
+
+def write_curves(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path | None:
+    """Draw one run's loss and accuracy per epoch into ``run_dir/curves.png``.
+
+    Returns the path, or None (quietly) when matplotlib is not installed or there are no rows.
+    """
+    if not rows or not _have_matplotlib():
+        return None
+    series = _series(rows)
+    fig = _curves_figure([(Path(run_dir).name or "run", series)], single=True)
+    return _save(fig, Path(run_dir) / CURVES)
+
+
+def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Read each run's ``history.csv`` and draw them all on one pair of axes (loss, accuracy).
+
+    Raises UsageError for a folder without history.csv or when matplotlib is missing,
+    DataError for a history.csv that cannot be read.
+    """
+    if not _have_matplotlib():
+        raise UsageError("plotting needs matplotlib; install it with: pip install 'dnnspec[plot]'")
+    runs = [(_run_label(Path(d), run_dirs), _series(read_history(d))) for d in run_dirs]
+    return _save(_curves_figure(runs, single=len(runs) == 1), Path(out))
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of ``run_dir/history.csv`` as dicts of strings (columns as the row keys)."""
+    path = Path(run_dir) / HISTORY
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{run_dir}: no such run folder; give folders written by 'dnnspec train --out'")
+    if not path.is_file():
+        raise UsageError(f"{run_dir}: not a run folder (no {HISTORY}); train into it with 'dnnspec train --out'")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read history ({e})") from None
+    if not rows or "epoch" not in rows[0]:
+        raise DataError(f"{path}: no epochs recorded (expected a header with {', '.join(COLUMNS)} and a row per epoch)")
+    return rows
+
+
+def _series(rows: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Column name -> float array (NaN where a value is missing or empty)."""
+    rows = list(rows)
+    return {k: np.array([_float(r.get(k)) for r in rows]) for k in COLUMNS}
+
+
+def _float(v: Any) -> float:
+    if v is None or v == "":
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _run_label(d: Path, all_dirs: Sequence[str | os.PathLike]) -> str:
+    """The folder name, or its last two parts when names repeat (runs/a/out, runs/b/out)."""
+    names = [Path(x).resolve().name for x in all_dirs]
+    name = d.resolve().name
+    return name if names.count(name) == 1 else "/".join(d.resolve().parts[-2:])
+
+
+def _curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
+    """Two panels (loss, accuracy); training solid, validation dashed; one colour per run."""
+    from matplotlib.figure import Figure
+
+    has_acc = any(np.isfinite(s["train_acc"]).any() or np.isfinite(s["val_acc"]).any() for _, s in runs)
+    fig = Figure(figsize=(11 if has_acc else 6, 4.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
+    panels = [("loss", axes[0])] + ([("acc", axes[1])] if has_acc else [])
+    for i, (label, s) in enumerate(runs):
+        color = f"C{i % 10}"
+        for key, ax in panels:
+            for split, style in (("train", "-"), ("val", "--")):
+                y = s[f"{split}_{key}"]
+                if np.isfinite(y).any():
+                    name = split if single else f"{label} {split}"
+                    ax.plot(s["epoch"], y, style, color=color if not single else None, marker=".", label=name)
+    for key, ax in panels:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss" if key == "loss" else "accuracy")
+        ax.set_title(("loss" if key == "loss" else "accuracy") + (f": {runs[0][0]}" if single else ""))
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def write_augment_grid(out: str | os.PathLike, originals: np.ndarray, variants: np.ndarray,
+                       value_range: tuple[float, float], row_labels: Sequence[str] | None = None) -> Path:
+    """A grid: one row per image, the original first, then its augmented variants.
+
+    ``originals``: ``(n, C, H, W)``; ``variants``: ``(k, n, C, H, W)``; both in raw units,
+    shown with ``value_range`` mapped to black..white (C = 1 in grey, C = 3 as RGB).
+    """
+    if not _have_matplotlib():
+        raise UsageError("the preview needs matplotlib; install it with: pip install 'dnnspec[plot]'")
+    from matplotlib.figure import Figure
+
+    n, k = len(originals), len(variants)
+    fig = Figure(figsize=(1.3 * (k + 1) + 0.6, 1.3 * n + 0.5), dpi=100, layout="constrained")
+    axes = fig.subplots(n, k + 1, squeeze=False)
+    lo, hi = value_range
+    for r in range(n):
+        for c in range(k + 1):
+            img = originals[r] if c == 0 else variants[c - 1, r]
+            _show(axes[r, c], img, lo, hi)
+            if r == 0:
+                axes[r, c].set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+    return _save(fig, Path(out))
+
+
+def _show(ax, img: np.ndarray, lo: float, hi: float) -> None:
+    """Draw one ``(C, H, W)`` image; C = 1 grey, C = 3 RGB, else its first channel."""
+    scaled = (np.asarray(img, np.float32) - lo) / max(hi - lo, 1e-12)
+    if scaled.shape[0] == 3:
+        ax.imshow(np.clip(scaled.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(scaled[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temp file in the same folder, then rename)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write the figure ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"{path}: cannot write the figure ({e.strerror or e})") from None
+        raise
+    return path
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["CURVES", "HISTORY", "plot_runs", "read_history", "write_augment_grid", "write_curves"]
