@@ -242,6 +242,8 @@ def create_app(repository: Repository, config: ServeConfig) -> Starlette:
         return error_response(str(exc), exc.status)
 
     async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(f"no such endpoint: {request.method} {request.url.path}", 404)
         return error_response(exc.detail or "error", exc.status_code)
 
     async def on_bug(request: Request, exc: Exception) -> Response:
@@ -276,15 +278,38 @@ def serve(config: ServeConfig) -> None:
     if config.workers > 1:
         sock.close()  # uvicorn's supervisor binds again and shares the socket with its workers
         config_to_env(config)
-        uvicorn.run("dnnspec.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
-                    workers=config.workers, **kwargs)
+        with _quiet_stop():
+            uvicorn.run("dnnspec.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
+                        workers=config.workers, **kwargs)
         return
     server = uvicorn.Server(uvicorn.Config(create_app(repository, config), **kwargs))
+    with _quiet_stop():
+        try:
+            server.run(sockets=[sock])
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@contextlib.contextmanager
+def _quiet_stop():
+    """Exit status 0 after uvicorn's graceful shutdown on SIGINT or SIGTERM (it re-raises them)."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.run(sockets=[sock])
+        yield
+    except KeyboardInterrupt:
+        pass
     finally:
-        with contextlib.suppress(OSError):
-            sock.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def bind_socket(host: str, port: int):
