@@ -1,0 +1,268 @@
+"""Saved networks and training checkpoints: ``.npz`` files without pickle, written atomically.
+
+Layout of both kinds of file (``np.load(path, allow_pickle=False)`` reads them)::
+
+    meta               uint8 array: UTF-8 JSON (format, kind, spec text, model JSON, dtype, ...)
+    param/<name>       every array of net.params: weights, batch-norm running statistics,
+                       input.mean / input.std
+    best/<name>        (checkpoints) the weights of the best epoch so far
+    opt/<key>          (checkpoints) the optimizer's state_dict: ``t``, ``m/<name>``, ...
+
+``meta["spec"]`` is the spec text; loading reparses it with :func:`dnnspec.frontend.parse`
+to rebuild the Model. A model built in code (``ir.model_from_layers``) has no text, so
+``meta["model"]`` also stores the IR as JSON (``Model.to_json``) and :func:`model_from_dict`
+rebuilds it from that when the text is empty. Training checkpoints add the epoch, the
+history rows, the random generator's state and the early-stopping bookkeeping to ``meta``.
+
+Every problem with a file (missing, truncated, not ours, a parameter that does not match
+the spec) raises :class:`~dnnspec.errors.CheckpointError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from . import ir
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+# --- atomic writes ---------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then os.replace it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _encode_meta(meta: Mapping[str, Any]) -> np.ndarray:
+    return np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+
+def write_npz(path: str | os.PathLike, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Atomically write ``meta`` (as JSON bytes) and ``arrays`` into one uncompressed .npz."""
+    payload = {"meta": _encode_meta(meta), **{k: np.ascontiguousarray(v) for k, v in arrays.items()}}
+    return atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, arrays) of a file written by :func:`write_npz`; CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such {what}; check the path (train first with 'dnnspec train SPEC')")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a {what} file (.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated {what} ({type(e).__name__}: {e}); "
+                              f"restore it or train again") from None
+    meta_bytes = arrays.pop("meta", None)
+    try:
+        meta = json.loads(meta_bytes.tobytes().decode("utf-8")) if meta_bytes is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise CheckpointError(f"{path}: not a dnnspec {what} (no readable 'meta' entry); "
+                              f"use a file written by dnnspec train or Net.save")
+    if meta["format"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: {what} format {meta['format']} is newer than this dnnspec "
+                              f"understands ({FORMAT_VERSION}); upgrade dnnspec")
+    return meta, arrays
+
+
+# --- the model inside a file -------------------------------------------------------------
+
+
+def model_meta(model: ir.Model) -> dict[str, Any]:
+    """What a file stores to rebuild ``model``: the spec text, its path, and the IR as JSON."""
+    return {"spec": model.source, "spec_path": model.path, "model": json.loads(model.to_json(indent=None))}
+
+
+def model_from_meta(meta: Mapping[str, Any], where: str) -> ir.Model:
+    """Reparse the stored spec text, or rebuild from the stored IR JSON when there is no text."""
+    from .errors import SpecError
+
+    text = meta.get("spec") or ""
+    if text:
+        from . import frontend
+
+        try:
+            return frontend.parse(text, path=meta.get("spec_path") or "<checkpoint>")
+        except SpecError as e:
+            raise CheckpointError(f"{where}: the spec stored in the file no longer parses "
+                                  f"({e.diagnostics[0].message if e.diagnostics else e}); "
+                                  f"use the dnnspec version that wrote it") from None
+    try:
+        return model_from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the stored model description is damaged ({e}); train again") from None
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def _opts(d: Mapping[str, Any]) -> ir.FrozenDict:
+    return ir.FrozenDict({k: _tuples(v) for k, v in d.items()})
+
+
+def _step(d: Mapping[str, Any]) -> ir.Step:
+    return ir.Step(d["kind"], _opts(d.get("options", {})), explicit=frozenset(d.get("explicit", ())))
+
+
+def model_from_dict(d: Mapping[str, Any]) -> ir.Model:
+    """Inverse of ``json.loads(Model.to_json())`` (spans are not kept; source is empty)."""
+    layers = tuple(
+        ir.Layer(lay["name"], lay["kind"], _opts(lay["options"]), tuple(lay["in_shape"]), tuple(lay["out_shape"]),
+                 tuple(ir.ParamSpec(**{**p, "shape": tuple(p["shape"])}) for p in lay["params"]),
+                 explicit=frozenset(lay.get("explicit", ())), flops=lay.get("flops", 0))
+        for lay in d["layers"])
+    inp, task, norm = d["input"], d["task"], d.get("normalize", {})
+    return ir.Model(
+        name=d["name"],
+        input=ir.Input(inp["kind"], tuple(inp["shape"]), inp.get("scale", 1.0)),
+        layers=layers,
+        task=ir.Task(task["kind"], task.get("classes", 0), tuple(task.get("class_names", ())), task.get("targets", 0)),
+        loss=_step(d["loss"]), optimizer=_step(d["optimizer"]), schedule=_step(d["schedule"]),
+        train=_opts(d["train"]),
+        normalize=ir.Normalize(norm.get("mode", "none"), tuple(norm.get("mean", ())), tuple(norm.get("std", ()))),
+        augment=tuple(_step(a) for a in d.get("augment", ())),
+        data=d.get("data"), path=d.get("path", "<string>"))
+
+
+# --- parameters ----------------------------------------------------------------------
+
+
+def restore_params(params: dict[str, np.ndarray], arrays: Mapping[str, np.ndarray], where: str,
+                   prefix: str = "param/", check_only: bool = False) -> None:
+    """Copy ``arrays[prefix + name]`` into each ``params[name]`` in place, checking names and shapes first."""
+    found = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    for name, target in params.items():
+        if name not in found:
+            raise CheckpointError(f"{where}: the spec has parameter {name} {_shape(target.shape)} but the file "
+                                  f"does not; was it saved from another spec?")
+        src = found[name]
+        if src.shape != target.shape:
+            raise CheckpointError(f"{where}: parameter {name}: the spec expects shape {_shape(target.shape)}, "
+                                  f"the file holds {_shape(src.shape)}; the spec changed since it was saved")
+    extra = sorted(set(found) - set(params))
+    if extra:
+        raise CheckpointError(f"{where}: the file has parameter {extra[0]} that the spec does not declare; "
+                              f"was it saved from another spec?")
+    if check_only:
+        return
+    for name, target in params.items():
+        target[...] = found[name]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{prefix}{k}": v for k, v in arrays.items()}
+
+
+# --- whole networks: Net.save / dnnspec.load ------------------------------------------------
+
+
+def save_net(net: Any, path: str | os.PathLike) -> Path:
+    """Write ``net`` (every array of net.params and its spec) to ``path`` (.npz), atomically."""
+    meta = {"format": FORMAT_VERSION, "kind": "net", "dtype": net.dtype.name, **model_meta(net.model)}
+    return write_npz(path, meta, _prefixed("param/", net.params))
+
+
+def load_net(path: str | os.PathLike, dtype: Any = None) -> Any:
+    """``dnnspec.load``: a Net rebuilt from a file of :func:`save_net` or a training checkpoint.
+
+    From a checkpoint, the weights of its last epoch are loaded. ``dtype`` defaults to the saved one.
+    """
+    from .engine.net import Net
+
+    meta, arrays = read_npz(path, "model file")
+    model = model_from_meta(meta, str(path))
+    net = Net(model, dtype=dtype or meta.get("dtype", "float32"))
+    restore_params(net.params, arrays, str(path))
+    return net
+
+
+# --- training checkpoints --------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """A training checkpoint as read back: metadata and the three groups of arrays."""
+
+    meta: dict[str, Any]
+    params: dict[str, np.ndarray]
+    best: dict[str, np.ndarray] = field(default_factory=dict)
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta["epoch"])
+
+
+def save_checkpoint(path: str | os.PathLike, net: Any, optimizer_state: Mapping[str, np.ndarray],
+                    best: Mapping[str, np.ndarray] | None, state: Mapping[str, Any]) -> Path:
+    """Atomically write a training checkpoint: weights, best weights, optimizer state, ``state`` (JSON).
+
+    ``state`` holds the epoch, history rows, random generator state and early-stopping
+    bookkeeping; it must be JSON-serialisable.
+    """
+    meta = {"format": FORMAT_VERSION, "kind": "checkpoint", "dtype": net.dtype.name,
+            **model_meta(net.model), **state}
+    arrays = {**_prefixed("param/", net.params), **_prefixed("opt/", optimizer_state)}
+    if best:
+        arrays.update(_prefixed("best/", best))
+    return write_npz(path, meta, arrays)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a training checkpoint (CheckpointError if it is missing, damaged or not a checkpoint)."""
+    meta, arrays = read_npz(path, "checkpoint")
+    if meta.get("kind") != "checkpoint" or "epoch" not in meta:
+        raise CheckpointError(f"{path}: a saved model, not a training checkpoint; it cannot be resumed")
+
+    def group(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    return Checkpoint(meta, group("param/"), group("best/"), group("opt/"), str(path))
+
+
+def check_same_spec(ckpt: Checkpoint, net: Any) -> None:
+    """CheckpointError when the checkpoint's parameters do not fit ``net`` (name and shapes)."""
+    restore_params(net.params, _prefixed("param/", ckpt.params), ckpt.path, check_only=True)
+
+
+__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "atomic_write_text",
+           "check_same_spec", "load_checkpoint", "load_net", "model_from_dict", "model_from_meta",
+           "read_npz", "restore_params", "save_checkpoint", "save_net", "write_npz"]
