@@ -1,0 +1,105 @@
+"""``dnnspec predict MODEL.onnx INPUT``: run an exported model with onnxruntime.
+
+Prints the top classes with their names and probabilities (or the outputs of a
+regression model), or writes them with ``--out`` as CSV, JSON or ``.npy`` (all the
+probabilities).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+
+OUT_SUFFIXES = (".csv", ".json", ".npy")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return n
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="an exported model")
+    p.add_argument("input", metavar="INPUT", help=".npy, .npz, .csv, IDX (*-ubyte[.gz]) or PNG/JPEG file")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
+    p.add_argument("--batch", type=_positive, default=1024, help="examples per onnxruntime call (default 1024)")
+    p.add_argument("--top", type=_positive, default=3, metavar="K", help="classes to show per example (default 3)")
+    p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: onnxruntime's)")
+    p.add_argument("--out", metavar="FILE", help="write results to FILE.csv, FILE.json or FILE.npy instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export.predictor import Predictor, load_inputs, top_k
+
+    if args.out and not args.out.lower().endswith(OUT_SUFFIXES):
+        raise UsageError(f"--out {args.out}: use a .csv, .json or .npy file name")
+    if args.out and not Path(args.out).parent.is_dir():  # fail before the work, not after
+        raise UsageError(f"cannot write {args.out}: the folder {Path(args.out).parent} does not exist; "
+                         "create it or choose another path")
+    pred = Predictor(args.model, provider=args.provider, threads=args.threads)
+    x = load_inputs(args.input, pred.input_shape)
+    out = pred.predict(x, batch=args.batch, source=args.input)
+    if pred.is_classifier:
+        out = pred.class_probabilities(out)
+        idx, probs = top_k(out, args.top)
+        rows = [[(int(i), pred.name(int(i)), float(p)) for i, p in zip(ri, rp)] for ri, rp in zip(idx, probs)]
+    else:
+        rows = None
+    if args.out:
+        _write(Path(args.out), out, rows)
+        print(f"wrote {len(out)} predictions to {args.out}")
+    else:
+        _print(out, rows)
+    return 0
+
+
+def _print(out: np.ndarray, rows: list | None) -> None:
+    for n in range(len(out)):
+        if rows is None:
+            print(f"{n}: " + " ".join(f"{v:.6g}" for v in out[n].reshape(-1)))
+        else:
+            print(f"{n}: " + "  ".join(f"{name} {p:.4f}" for _, name, p in rows[n]))
+
+
+def _write(path: Path, out: np.ndarray, rows: list | None) -> None:
+    from ..export.onnx_export import write_atomic
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, out)
+        data = buf.getvalue()
+    elif suffix == ".json":
+        records = ([{"row": n, "top": [{"class": i, "name": name, "probability": p} for i, name, p in r]}
+                    for n, r in enumerate(rows)] if rows is not None else out.tolist())
+        data = (json.dumps(records, indent=1) + "\n").encode()
+    else:
+        data = _csv(out, rows).encode()
+    write_atomic(path, data)
+
+
+def _csv(out: np.ndarray, rows: list | None) -> str:
+    if rows is None:
+        flat = out.reshape(len(out), -1)
+        lines = ["row," + ",".join(f"output_{j}" for j in range(flat.shape[1]))]
+        lines += [f"{n}," + ",".join(f"{v:.8g}" for v in r) for n, r in enumerate(flat)]
+    else:
+        k = len(rows[0]) if rows else 0
+        lines = ["row," + ",".join(f"class_{j},name_{j},probability_{j}" for j in range(1, k + 1))]
+        lines += [f"{n}," + ",".join(f"{i},{_quote(name)},{p:.8g}" for i, name, p in r) for n, r in enumerate(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
