@@ -37,7 +37,7 @@ def write_curves(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) 
     if not rows or not _have_matplotlib():
         return None
     series = _series(rows)
-    fig = _curves_figure([(Path(run_dir).name or "run", series)], single=True)
+    fig = curves_figure([(Path(run_dir).name or "run", series)], single=True)
     return _save(fig, Path(run_dir) / CURVES)
 
 
@@ -50,7 +50,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     if not _have_matplotlib():
         raise UsageError("plotting needs matplotlib; install it with: pip install 'dnnspec[plot]'")
     runs = [(_run_label(Path(d), run_dirs), _series(read_history(d))) for d in run_dirs]
-    return _save(_curves_figure(runs, single=len(runs) == 1), Path(out))
+    return _save(curves_figure(runs, single=len(runs) == 1), Path(out))
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
@@ -92,8 +92,9 @@ def _run_label(d: Path, all_dirs: Sequence[str | os.PathLike]) -> str:
     return name if names.count(name) == 1 else "/".join(d.resolve().parts[-2:])
 
 
-def _curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
-    """Two panels (loss, accuracy); training solid, validation dashed; one colour per run."""
+def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
+    """Two panels (loss, accuracy; loss only when no run has accuracy); training solid,
+    validation dashed; one colour per run. ``runs``: (label, column -> values per epoch)."""
     from matplotlib.figure import Figure
 
     has_acc = any(np.isfinite(s["train_acc"]).any() or np.isfinite(s["val_acc"]).any() for _, s in runs)
@@ -127,6 +128,12 @@ def write_augment_grid(out: str | os.PathLike, originals: np.ndarray, variants: 
     """
     if not _have_matplotlib():
         raise UsageError("the preview needs matplotlib; install it with: pip install 'dnnspec[plot]'")
+    return _save(augment_grid_figure(originals, variants, value_range, row_labels), Path(out))
+
+
+def augment_grid_figure(originals: np.ndarray, variants: np.ndarray, value_range: tuple[float, float],
+                        row_labels: Sequence[str] | None = None):
+    """The matplotlib Figure of :func:`write_augment_grid` (axes ``[row][column]``)."""
     from matplotlib.figure import Figure
 
     n, k = len(originals), len(variants)
@@ -135,13 +142,12 @@ def write_augment_grid(out: str | os.PathLike, originals: np.ndarray, variants: 
     lo, hi = value_range
     for r in range(n):
         for c in range(k + 1):
-            img = originals[r] if c == 0 else variants[c - 1, r]
-            _show(axes[r, c], img, lo, hi)
+            _show(axes[r, c], originals[r] if c == 0 else variants[c - 1, r], lo, hi)
             if r == 0:
                 axes[r, c].set_title("original" if c == 0 else f"augmented {c}", fontsize=9)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
-    return _save(fig, Path(out))
+    return fig
 
 
 def _show(ax, img: np.ndarray, lo: float, hi: float) -> None:
@@ -182,4 +188,5 @@ def _have_matplotlib() -> bool:
     return True
 
 
-__all__ = ["CURVES", "HISTORY", "plot_runs", "read_history", "write_augment_grid", "write_curves"]
+__all__ = ["CURVES", "HISTORY", "augment_grid_figure", "curves_figure", "plot_runs", "read_history",
+           "write_augment_grid", "write_curves"]

@@ -1,0 +1,188 @@
+"""Learning curves, augment grids and the ``plot`` / ``augment-preview`` commands."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402
+
+from dnnspec import plots  # noqa: E402
+from dnnspec.cli import main  # noqa: E402
+from dnnspec.errors import DataError, UsageError  # noqa: E402
+
+COLS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"]
+
+
+def history(epochs=5, val=True, acc=True, offset=0.0):
+    return [{"epoch": e, "train_loss": 2.0 / e + offset, "train_acc": (0.5 + 0.08 * e) if acc else "",
+             "val_loss": (2.2 / e + offset) if val else "", "val_acc": (0.45 + 0.08 * e) if (val and acc) else "",
+             "lr": 1e-3, "time": 0.5 * e} for e in range(1, epochs + 1)]
+
+
+def write_history(run_dir, rows):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLS)
+        w.writeheader()
+        w.writerows(rows)
+    return run_dir
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.format, im.size, len(np.unique(np.asarray(im.convert("L"))))
+
+
+# --- curves ----------------------------------------------------------------------------
+
+
+def test_write_curves_png_atomic_and_replaces(tmp_path):
+    (tmp_path / "curves.png").write_bytes(b"old")
+    path = plots.write_curves(tmp_path, history())
+    assert path == tmp_path / "curves.png"
+    fmt, (w, h), grey_levels = png_size(path)
+    assert fmt == "PNG" and w > h > 200 and grey_levels > 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]  # no temp file left behind
+
+
+def test_curves_draw_exactly_the_history_values():
+    rows = history(epochs=4)
+    fig = plots.curves_figure([("run", plots._series(rows))], single=True)
+    loss_ax, acc_ax = fig.axes
+    by_label = {line.get_label(): line for line in loss_ax.lines}
+    np.testing.assert_allclose(by_label["train"].get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(by_label["train"].get_ydata(), [r["train_loss"] for r in rows])
+    np.testing.assert_allclose(by_label["val"].get_ydata(), [r["val_loss"] for r in rows])
+    assert by_label["val"].get_linestyle() == "--"
+    acc = {line.get_label(): line for line in acc_ax.lines}
+    np.testing.assert_allclose(acc["val"].get_ydata(), [r["val_acc"] for r in rows])
+
+
+def test_curves_without_validation_or_accuracy():
+    fig = plots.curves_figure([("r", plots._series(history(val=False, acc=False)))], single=True)
+    assert len(fig.axes) == 1 and [line.get_label() for line in fig.axes[0].lines] == ["train"]
+
+
+def test_write_curves_quietly_none_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert plots.write_curves(tmp_path, history()) is None
+    assert not (tmp_path / "curves.png").exists()
+    with pytest.raises(UsageError, match="pip install 'dnnspec\\[plot\\]'"):
+        plots.plot_runs([tmp_path], tmp_path / "x.png")
+
+
+def test_plot_runs_overlays_runs_from_history_csv(tmp_path):
+    a = write_history(tmp_path / "a", history(epochs=5))
+    b = write_history(tmp_path / "b", history(epochs=3, val=False, offset=0.5))
+    out = plots.plot_runs([a, b], tmp_path / "cmp.png")
+    assert png_size(out)[0] == "PNG"
+    fig = plots.curves_figure([("a", plots._series(plots.read_history(a))),
+                               ("b", plots._series(plots.read_history(b)))], single=False)
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert labels == ["a train", "a val", "b train"]
+    np.testing.assert_allclose(fig.axes[0].lines[2].get_ydata(), [2.0 / e + 0.5 for e in (1, 2, 3)])
+    assert fig.axes[0].lines[0].get_color() == fig.axes[0].lines[1].get_color() != fig.axes[0].lines[2].get_color()
+
+
+def test_plot_runs_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such run folder"):
+        plots.plot_runs([tmp_path / "missing"], tmp_path / "o.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"not a run folder \(no history.csv\)"):
+        plots.plot_runs([tmp_path / "empty"], tmp_path / "o.png")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "history.csv").write_text("")
+    with pytest.raises(DataError, match="no epochs recorded"):
+        plots.plot_runs([tmp_path / "bad"], tmp_path / "o.png")
+
+
+def test_same_folder_names_get_longer_labels(tmp_path):
+    a = write_history(tmp_path / "x" / "out", history())
+    b = write_history(tmp_path / "y" / "out", history())
+    assert plots._run_label(a, [a, b]) == "x/out" and plots._run_label(b, [a, b]) == "y/out"
+
+
+# --- augment grid --------------------------------------------------------------------
+
+
+def test_augment_grid_shows_originals_then_variants(tmp_path):
+    rng = np.random.default_rng(0)
+    orig = rng.uniform(0, 255, (3, 1, 6, 6)).astype(np.float32)
+    var = rng.uniform(0, 255, (2, 3, 1, 6, 6)).astype(np.float32)
+    fig = plots.augment_grid_figure(orig, var, (0.0, 255.0), ["a", "b", "c"])
+    axes = np.array(fig.axes).reshape(3, 3)
+    np.testing.assert_allclose(axes[1, 0].images[0].get_array(), orig[1, 0] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(axes[2, 2].images[0].get_array(), var[1, 2, 0] / 255.0, rtol=1e-6)
+    assert axes[0, 0].get_title() == "original" and axes[0, 2].get_title() == "augmented 2"
+    assert axes[2, 0].get_ylabel() == "c"
+    rgb = plots.augment_grid_figure(rng.uniform(0, 1, (1, 3, 4, 4)), rng.uniform(0, 1, (1, 1, 3, 4, 4)), (0, 1))
+    assert rgb.axes[0].images[0].get_array().shape == (4, 4, 3)
+    path = plots.write_augment_grid(tmp_path / "g.png", orig, var, (0.0, 255.0))
+    assert png_size(path)[0] == "PNG"
+
+
+# --- commands ----------------------------------------------------------------------------
+
+SPEC = """network tiny
+input image[1, 8, 8] scale=1/255
+classes 3
+augment {
+  flip horizontal p=0.5
+  translate 1px
+  rotate 10deg
+}
+layers {
+  flatten
+  dense 3
+  softmax
+}
+train batch=4
+"""
+
+
+@pytest.fixture
+def image_data(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, 20))
+    return tmp_path / "d.npz"
+
+
+def test_cli_plot(tmp_path, capsys):
+    a = write_history(tmp_path / "a", history())
+    b = write_history(tmp_path / "b", history(offset=0.3))
+    assert main(["plot", str(a), str(b), "-o", str(tmp_path / "c.png")]) == 0
+    assert png_size(tmp_path / "c.png")[0] == "PNG" and "2 runs" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
+def test_cli_augment_preview(tmp_path, image_data, capsys):
+    pytest.importorskip("dnnspec.frontend")
+    spec = tmp_path / "tiny.dnn"
+    spec.write_text(SPEC)
+    out = tmp_path / "grid.png"
+    assert main(["augment-preview", str(spec), "--data", str(image_data), "-n", "3", "--variants", "4",
+                 "-o", str(out), "--seed", "1"]) == 0
+    assert "3 images x 4 variants (flip, translate, rotate)" in capsys.readouterr().out
+    fmt, (w, h), _ = png_size(out)
+    assert fmt == "PNG" and w > h  # 3 rows, 5 columns
+
+
+def test_cli_augment_preview_errors(tmp_path, image_data, capsys):
+    pytest.importorskip("dnnspec.frontend")
+    plain = tmp_path / "plain.dnn"
+    plain.write_text(SPEC.replace("augment {\n  flip horizontal p=0.5\n  translate 1px\n  rotate 10deg\n}\n", ""))
+    assert main(["augment-preview", str(plain), "--data", str(image_data)]) == 2
+    assert "has no augment block" in capsys.readouterr().err
+    spec = tmp_path / "tiny.dnn"
+    spec.write_text(SPEC)
+    assert main(["augment-preview", str(spec), "--data", str(tmp_path / "missing.npz")]) == 1
+    assert "missing.npz: data file not found" in capsys.readouterr().err
+    assert main(["augment-preview", str(spec), "--data", str(image_data), "-n", "0"]) == 2
