@@ -232,3 +232,18 @@ def test_compile_accepts_a_model_and_is_lazy():
     assert np.array_equal(net.params["dense1.kernel"], Net(model, dtype=np.float64).params["dense1.kernel"])
     with pytest.raises(AttributeError):
         dnnspec.no_such_thing  # noqa: B018
+
+
+def test_wrong_input_shape_is_a_data_error():
+    net = Net(mlp())
+    with pytest.raises(DnnspecError, match=r"shape \(N, 784\), found \(2, 785\)"):
+        net.forward(np.zeros((2, 785)))
+    with pytest.raises(DnnspecError, match="784"):
+        net.loss_and_grads(np.zeros((2, 28, 28)), np.zeros(2, int))
+
+
+def test_last_logits_give_running_accuracy():
+    net = Net(mlp())
+    x = np.random.default_rng(0).normal(size=(8, 784)).astype(np.float32)
+    net.loss_and_grads(x, np.zeros(8, int))
+    assert np.allclose(net.last_logits, net.logits(x), atol=1e-5)  # no dropout or batch norm here

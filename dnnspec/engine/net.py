@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import ir
-from ..errors import Diagnostic, SpecError
+from ..errors import DataError, Diagnostic, SpecError
 from . import base
 from .init import init_param
 from .losses import LOSSES
@@ -72,6 +72,7 @@ class Net:
         self.grads = {k: np.zeros_like(self.params[k]) for k in self.trainable}
         self._first = self._first_with_grads()
         self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self.last_logits: np.ndarray | None = None
 
     # --- input --------------------------------------------------------------------
 
@@ -119,6 +120,9 @@ class Net:
     def _prepare(self, x: np.ndarray, reuse: bool) -> np.ndarray:
         """Raw (N, *input.shape) -> net.dtype, scaled and normalised: x * a + b per channel."""
         x = np.asarray(x)
+        if x.ndim != len(self.model.input.shape) + 1 or x.shape[1:] != self.model.input.shape:
+            want = ", ".join(str(d) for d in self.model.input.shape)
+            raise DataError(f"the network expects inputs of shape (N, {want}), found {x.shape}")
         scale = self.model.input.scale
         norm = "input.mean" in self.params
         if not norm and scale == 1.0:
@@ -176,9 +180,12 @@ class Net:
         """One training-mode pass: (mean loss, {trainable name: gradient}).
 
         Only batch-norm running statistics change. The returned gradient arrays are the
-        net's own buffers, overwritten by the next call (copy them to keep them).
+        net's own buffers, overwritten by the next call (copy them to keep them);
+        ``net.last_logits`` holds this batch's logits (N, K) until the next pass, for
+        running accuracy.
         """
         z = self._run(self.body, x, True, rng or self.rng, reuse=True)
+        self.last_logits = z
         loss, d = self.loss_fn(z, y, out=self._buf("dlogits", z.shape))
         for op in reversed(self.body[self._first:]):
             d = op.backward(d, self.params, self.grads)
