@@ -1,0 +1,509 @@
+"""The training loop: epochs of shuffled mini-batches, validation, early stopping, checkpoints, resume.
+
+    history = fit(net, x, y, epochs=15, run_dir="runs/fashion_mlp")
+
+Randomness: one generator drives everything. ``net.rng`` (seeded from ``train.seed``,
+already used for the initial weights) then draws, in order, the validation split, each
+epoch's shuffle, dropout masks and augmentation. Passing ``seed=`` to fit replaces it with
+a fresh generator of that seed. Same spec, data and seed: bit-identical weights.
+
+Per epoch: the training rows are visited in a new random order in batches of ``batch``
+(the last one may be smaller); each batch is gathered by index into a preallocated buffer
+(the data set is never copied), handed to the net in its raw dtype (the net casts it to
+float32), augmented first when the spec has ``augment`` steps and images. The learning
+rate follows the schedule at the fractional epoch ``e + i/steps``. Training loss and
+accuracy are running means over the epoch's batches (training mode); validation loss and
+accuracy are measured after the epoch in evaluation mode.
+
+Early stopping (``early_stop = patience > 0``) watches the validation loss (the training
+loss when there is no validation data): after ``patience`` epochs without improvement
+training stops, and at the end the weights of the best epoch are restored.
+
+Divergence: a non-finite loss or gradient stops training at once with a DivergenceError
+naming the epoch, the step and the first layer (in forward order) whose gradient is not
+finite; the checkpoint on disk is the last finite one.
+
+Run folder (``run_dir``): ``checkpoint.npz`` (every ``checkpoint_every`` epochs and at the
+end; everything needed to resume), ``best.npz`` (weights of the best epoch, loadable with
+``dnnspec.load``), ``history.csv``, ``spec.dnn`` and ``curves.png`` (when matplotlib is there).
+Resume restores weights, optimizer state, generator state, history and early-stopping state
+from ``checkpoint.npz``: a run stopped after epoch k and resumed ends bit-identical to one
+that never stopped (for schedules that depend on the total epoch count, with the same
+``epochs``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..errors import CheckpointError, DivergenceError, UsageError
+from .optim import global_norm, make_optimizer
+from .schedules import make_schedule
+
+CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+HISTORY = "history.csv"
+COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+TRAIN_KEYS = ("epochs", "batch", "validation", "seed", "early_stop", "checkpoint_every")
+EVAL_BATCH = 2048
+
+
+@dataclass
+class History:
+    """Per-epoch rows (``COLUMNS``), the best epoch, whether training stopped early, test metrics."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    test: dict[str, float] | None = None
+    run_dir: str | None = None
+
+    def __getitem__(self, key: str) -> list[float | None]:
+        return [r.get(key) for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: _fmt_cell(r.get(k)) for k in COLUMNS})
+        return out.getvalue()
+
+
+def _fmt_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    return str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+@dataclass
+class _State:
+    """What a checkpoint must hold besides arrays, to resume bit for bit."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped_early: bool = False
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None, validation: float | None = None, epochs: int | None = None,
+        batch: int | None = None, lr: float | None = None, seed: int | None = None,
+        run_dir: str | Path | None = None, resume: bool = False, augment: Any = None,
+        progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
+        y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
+        out: TextIO | None = None, **overrides: Any) -> History:
+    """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
+
+    Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
+    ``checkpoint_every=`` via ``overrides``) and the optimizer's ``lr``. ``augment``: None
+    follows the spec, False turns it off, or pass a callable ``aug(batch, rng)``.
+    ``progress``: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines", or
+    False/None/"none" for silence; written to ``out`` (default stdout). ``on_epoch(epoch,
+    row)`` is called after each epoch's row is recorded (raising stops training).
+    """
+    cfg = _recipe(net, epochs, batch, validation, seed, overrides)
+    if seed is not None:
+        net.rng = np.random.default_rng(seed)
+    rng = net.rng
+    run = Path(run_dir) if run_dir is not None else None
+    ckpt = _read_resume(run, net) if resume else None
+    if ckpt is not None:
+        rng.bit_generator.state = ckpt.meta["rng_split"]
+    split_state = rng.bit_generator.state
+    train_idx, val = _split(x, y, x_val, y_val, cfg["validation"], rng)
+    if ckpt is None and net.model.normalize.mode == "auto":
+        net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
+    loop = _Loop(net, x, y, train_idx, val, cfg, lr, _augmenter(net, x, augment), run,
+                 _Progress.make(progress, out), on_epoch)
+    if ckpt is not None:
+        loop.restore(ckpt)
+    else:
+        loop.start_fresh()
+    loop.split_state = split_state
+    history = loop.run()
+    if x_test is not None and y_test is not None:
+        history.test = evaluate(net, x_test, y_test)
+        loop.progress.line(_test_line(history.test))
+    if run is not None:
+        _write_curves(run, history.rows)
+    return history
+
+
+def _recipe(net: Any, epochs, batch, validation, seed, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The spec's ``train`` options with the call's overrides applied; UsageError for unknown keys."""
+    unknown = sorted(set(overrides) - set(TRAIN_KEYS))
+    if unknown:
+        raise UsageError(f"fit() got an unknown option {unknown[0]!r}; known: {', '.join(TRAIN_KEYS)}, "
+                         f"lr, x_val, y_val, run_dir, resume, augment, progress")
+    cfg = dict(net.model.train)
+    given = {"epochs": epochs, "batch": batch, "validation": validation, "seed": seed, **overrides}
+    cfg.update({k: v for k, v in given.items() if v is not None})
+    for key in ("epochs", "batch"):
+        if int(cfg[key]) < 1:
+            raise UsageError(f"{key} must be at least 1, found {cfg[key]}")
+    if not 0.0 <= float(cfg["validation"]) < 1.0:
+        raise UsageError(f"validation must be a fraction in [0, 1), found {cfg['validation']}")
+    return cfg
+
+
+def _split(x, y, x_val, y_val, fraction: float, rng: np.random.Generator):
+    """(training row indices, validation (x, y, row indices or None) or None), drawn with ``rng``."""
+    n = len(x)
+    if len(y) != n:
+        raise UsageError(f"x has {n} examples but y has {len(y)}; pass arrays of equal length")
+    if x_val is not None:
+        return np.arange(n), (x_val, y_val, None)
+    n_val = int(round(n * float(fraction)))
+    if n_val == 0:
+        return np.arange(n), None
+    perm = rng.permutation(n)
+    if n - n_val < 1:
+        raise UsageError(f"validation={fraction} leaves no training examples out of {n}")
+    return np.sort(perm[n_val:]), (x, y, np.sort(perm[:n_val]))
+
+
+def _augmenter(net: Any, x: np.ndarray, augment: Any):
+    """The batch transform: the spec's Augmenter for image inputs, a given callable, or None."""
+    if augment is False:
+        return None
+    if augment is not None:
+        return augment
+    model = net.model
+    if not model.augment or model.input.kind != "image":
+        return None
+    from ..augment import Augmenter
+
+    return Augmenter.from_model(model, x)
+
+
+def _read_resume(run: Path | None, net: Any):
+    from ..checkpoint import check_same_spec, load_checkpoint
+
+    if run is None:
+        raise UsageError("resume needs a run folder: pass run_dir= (or --out)")
+    path = run / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint to resume; train without --resume first")
+    ckpt = load_checkpoint(path)
+    check_same_spec(ckpt, net)
+    return ckpt
+
+
+def evaluate(net: Any, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None,
+             batch: int = EVAL_BATCH) -> dict[str, float]:
+    """Mean loss (and accuracy) in evaluation mode over rows ``idx`` of x (all rows if None), in chunks."""
+    n = len(x) if idx is None else len(idx)
+    sums: dict[str, float] = {}
+    for i in range(0, n, batch):
+        rows = slice(i, i + batch) if idx is None else idx[i:i + batch]
+        r = net.evaluate(x[rows], y[rows], batch=batch)
+        k = min(batch, n - i)
+        for key, v in r.items():
+            sums[key] = sums.get(key, 0.0) + v * k
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+class _Loop:
+    """One training run's state: optimizer, schedule, buffers, history; ``run()`` does the epochs."""
+
+    def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch):
+        self.net, self.x, self.y, self.idx, self.val = net, x, y, train_idx, val
+        self.cfg, self.augment, self.run_dir, self.progress, self.on_epoch = cfg, augment, run, progress, on_epoch
+        self.epochs = int(cfg["epochs"])
+        self.batch = min(int(cfg["batch"]), len(train_idx))
+        self.steps = math.ceil(len(train_idx) / self.batch)
+        model = net.model
+        opt_step = model.optimizer
+        if lr is not None:
+            from ..ir import FrozenDict, Step
+
+            opt_step = Step(opt_step.kind, FrozenDict({**opt_step.options, "lr": float(lr)}))
+        self.opt = make_optimizer(opt_step, net.params, net.trainable)
+        self.schedule = make_schedule(model.schedule, self.opt.lr, self.epochs, self.steps)
+        self.classify = model.task.kind == "classification"
+        self.xbuf = np.empty((self.batch, *x.shape[1:]), x.dtype)
+        self.ybuf = np.empty((self.batch, *y.shape[1:]), y.dtype)
+        self.state = _State()
+        self.best: dict[str, np.ndarray] | None = None
+        self.split_state: dict | None = None
+
+    # --- starting -------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.net.model.source:
+                from ..checkpoint import atomic_write_text
+
+                atomic_write_text(self.run_dir / "spec.dnn", self.net.model.source)
+
+    def restore(self, ckpt) -> None:
+        """Put weights, optimizer, generator and bookkeeping back as the checkpoint saved them."""
+        meta = ckpt.meta
+        for name, arr in ckpt.params.items():
+            self.net.params[name][...] = arr
+        try:
+            self.opt.load_state_dict(ckpt.optimizer)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path}: optimizer state does not fit the spec's optimizer "
+                                  f"({self.opt.kind}): {e}; train again without --resume") from None
+        self.net.rng.bit_generator.state = meta["rng"]
+        self.state = _State(meta["epoch"], meta["best_loss"] if meta["best_loss"] is not None else math.inf,
+                            meta["best_epoch"], meta["wait"], meta["stopped_early"], list(meta["rows"]))
+        self.best = {k: v.copy() for k, v in ckpt.best.items()} or None
+
+    # --- epochs ---------------------------------------------------------------------
+
+    def run(self) -> History:
+        st = self.state
+        if st.epoch >= self.epochs or st.stopped_early:
+            self.progress.line(f"nothing to do: {st.epoch} of {self.epochs} epochs already trained"
+                               + (" (stopped early)" if st.stopped_early else ""))
+        wrote = True
+        while st.epoch < self.epochs and not st.stopped_early:
+            row = self._epoch(st.epoch)
+            st.rows.append(row)
+            self._early_stop(row)
+            st.epoch += 1
+            self.progress.epoch_end(st.epoch, self.epochs, row)
+            every = int(self.cfg["checkpoint_every"])
+            wrote = every > 0 and st.epoch % every == 0
+            if wrote:
+                self._save()
+            if self.on_epoch is not None:
+                self.on_epoch(st.epoch, row)
+        if not wrote:
+            self._save()  # the last epoch's weights: what a resume continues from
+        if int(self.cfg["early_stop"]) > 0 and self.best is not None:
+            for k, v in self.best.items():
+                self.net.params[k][...] = v
+        return History(list(st.rows), st.best_epoch, st.stopped_early,
+                       run_dir=str(self.run_dir) if self.run_dir else None)
+
+    def _epoch(self, e: int) -> dict[str, float]:
+        net, rng, steps, b = self.net, self.net.rng, self.steps, self.batch
+        order = self.idx[rng.permutation(len(self.idx))]
+        t0 = time.perf_counter()
+        loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
+        watch = _LogitWatch(net) if self.classify else None
+        try:
+            for i in range(steps):
+                rows = order[i * b:(i + 1) * b]
+                xb, yb = self._gather(rows)
+                if self.augment is not None:
+                    xb = self.augment(xb, rng)
+                loss, grads = net.loss_and_grads(xb, yb, rng)
+                norm = global_norm(grads, net.trainable)
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    self._diverged(e, i, loss, grads)
+                lr = self.schedule(e + i / steps)
+                self.opt.step(net.params, grads, lr, grad_norm=norm)
+                k = len(rows)
+                loss_sum += loss * k
+                seen += k
+                if watch is not None:
+                    correct += watch.correct(yb)
+                self.progress.step(e, self.epochs, i + 1, steps, loss_sum / seen,
+                                   correct / seen if watch else None, time.perf_counter() - t0)
+        finally:
+            if watch is not None:
+                watch.close()
+        self._check_weights(e, steps)
+        row: dict[str, float] = {"epoch": e + 1, "lr": lr, "loss": loss_sum / seen,
+                                 "accuracy": correct / seen if self.classify else None}
+        if self.val is not None:
+            xv, yv, iv = self.val
+            r = evaluate(net, xv, yv, iv)
+            row["val_loss"], row["val_accuracy"] = r["loss"], r.get("accuracy")
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x[rows], y[rows] into the preallocated batch buffers (views of them for a short batch)."""
+        k = len(rows)
+        xb, yb = self.xbuf[:k], self.ybuf[:k]
+        np.take(self.x, rows, axis=0, out=xb)
+        np.take(self.y, rows, axis=0, out=yb)
+        return xb, yb
+
+    # --- checks ---------------------------------------------------------------------
+
+    def _diverged(self, e: int, i: int, loss: float, grads: dict[str, np.ndarray]) -> None:
+        bad = next((n for n in self.net.trainable if not np.all(np.isfinite(grads[n]))), None)
+        where = (f"the gradient of layer {bad.rsplit('.', 1)[0]} ({bad}) is the first that is not finite"
+                 if bad else "every gradient is finite")
+        raise DivergenceError(
+            f"training diverged at epoch {e + 1}, step {i + 1}: the loss is {loss}; {where}; "
+            f"lower the learning rate (now {self.schedule(e + i / self.steps):g}) or set clip_norm"
+            + self._kept())
+
+    def _check_weights(self, e: int, steps: int) -> None:
+        for n, w in self.net.params.items():
+            if not np.all(np.isfinite(w)):
+                raise DivergenceError(f"training diverged in epoch {e + 1} (by step {steps}): weight {n} is not "
+                                      f"finite though every gradient was; lower the learning rate" + self._kept())
+
+    def _kept(self) -> str:
+        if self.run_dir is not None and (self.run_dir / CHECKPOINT).exists():
+            return f"; the last finite checkpoint is kept in {self.run_dir / CHECKPOINT}"
+        return ""
+
+    def _early_stop(self, row: dict[str, float]) -> None:
+        st = self.state
+        watched = row.get("val_loss") if row.get("val_loss") is not None else row["loss"]
+        if watched < st.best_loss:
+            st.best_loss, st.best_epoch, st.wait = watched, int(row["epoch"]), 0
+            self.best = {k: v.copy() for k, v in self.net.params.items()}
+            if self.run_dir is not None:
+                self.net.save(self.run_dir / BEST)
+            return
+        st.wait += 1
+        patience = int(self.cfg["early_stop"])
+        if patience > 0 and st.wait >= patience:
+            st.stopped_early = True
+            self.progress.line(f"early stop: no better validation loss for {patience} epochs; "
+                               f"restoring epoch {st.best_epoch}")
+
+    # --- files ----------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.run_dir is None:
+            return
+        from ..checkpoint import atomic_write_text, save_checkpoint
+
+        st = self.state
+        meta = {"epoch": st.epoch, "epochs": self.epochs, "best_loss": None if math.isinf(st.best_loss)
+                else st.best_loss, "best_epoch": st.best_epoch, "wait": st.wait, "stopped_early": st.stopped_early,
+                "rows": st.rows, "rng": self.net.rng.bit_generator.state, "rng_split": self.split_state,
+                "train": dict(self.cfg)}
+        save_checkpoint(self.run_dir / CHECKPOINT, self.net, self.opt.state_dict(), self.best, meta)
+        atomic_write_text(self.run_dir / HISTORY, History(st.rows).to_csv())
+
+
+class _LogitWatch:
+    """Counts correct predictions of the training batches by observing the logits the loss receives.
+
+    Net.loss_and_grads hands the logits to ``net.loss_fn``; wrapping it for the epoch
+    gives the running training accuracy without a second forward pass.
+    """
+
+    def __init__(self, net: Any) -> None:
+        self.net, self.inner = net, net.loss_fn
+        self.pred: np.ndarray | None = None
+        net.loss_fn = self._loss
+
+    def _loss(self, z, y, *args, **kw):
+        self.pred = (z.reshape(len(z)) > 0) if z.ndim == 1 or z.shape[-1] == 1 else z.argmax(axis=-1)
+        return self.inner(z, y, *args, **kw)
+
+    def correct(self, y: np.ndarray) -> int:
+        if self.pred is None:
+            return 0
+        return int(np.count_nonzero(self.pred == np.asarray(y).reshape(len(y))))
+
+    def close(self) -> None:
+        self.net.loss_fn = self.inner
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress output: a redrawn bar per epoch on a terminal, plain summary lines otherwise."""
+
+    def __init__(self, mode: str, out: TextIO) -> None:
+        self.mode, self.out = mode, out
+        self._last = 0.0
+
+    @classmethod
+    def make(cls, progress: str | bool | None, out: TextIO | None) -> _Progress:
+        out = out or sys.stdout
+        if progress in (False, None, "none"):
+            return cls("none", out)
+        if progress in (True, "auto"):
+            progress = "bar" if getattr(out, "isatty", lambda: False)() else "lines"
+        if progress not in ("bar", "lines"):
+            raise UsageError(f"progress must be 'auto', 'bar', 'lines' or 'none', found {progress!r}")
+        return cls(progress, out)
+
+    def step(self, e: int, epochs: int, i: int, steps: int, loss: float, acc: float | None, elapsed: float) -> None:
+        if self.mode != "bar":
+            return
+        now = time.perf_counter()
+        if i < steps and now - self._last < 0.1:
+            return
+        self._last = now
+        rate = i / max(elapsed, 1e-9)
+        width = 24
+        done = int(width * i / steps)
+        acc_s = f" acc {acc:.3f}" if acc is not None else ""
+        self.out.write(f"\repoch {e + 1}/{epochs} [{'#' * done}{'.' * (width - done)}] {i}/{steps} "
+                       f"{rate:.0f} batch/s loss {loss:.4f}{acc_s} ETA {(steps - i) / max(rate, 1e-9):.0f}s ")
+        self.out.flush()
+
+    def epoch_end(self, epoch: int, epochs: int, row: dict[str, Any]) -> None:
+        if self.mode == "none":
+            return
+        if self.mode == "bar":
+            self.out.write("\r\x1b[K")
+        self.line(_epoch_line(epoch, epochs, row))
+
+    def line(self, text: str) -> None:
+        if self.mode != "none":
+            self.out.write(text + "\n")
+            self.out.flush()
+
+
+def _epoch_line(epoch: int, epochs: int, row: dict[str, Any]) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {row['loss']:.4f}"]
+    if row.get("accuracy") is not None:
+        parts.append(f"acc {row['accuracy']:.4f}")
+    if row.get("val_loss") is not None:
+        parts.append(f"val_loss {row['val_loss']:.4f}")
+    if row.get("val_accuracy") is not None:
+        parts.append(f"val_acc {row['val_accuracy']:.4f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def _test_line(test: dict[str, float]) -> str:
+    if "accuracy" in test:
+        return f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}"
+    return f"test loss {test['loss']:.4f}"
+
+
+def _write_curves(run: Path, rows: list[dict[str, Any]]) -> None:
+    """curves.png through dnnspec.plots when it and matplotlib are installed; skipped otherwise."""
+    try:
+        from ..plots import write_curves
+    except ImportError:
+        return
+    try:
+        write_curves(run, rows)
+    except ImportError:
+        return
+
+
+__all__ = ["BEST", "CHECKPOINT", "COLUMNS", "HISTORY", "History", "evaluate", "fit"]
