@@ -247,3 +247,19 @@ def test_last_logits_give_running_accuracy():
     x = np.random.default_rng(0).normal(size=(8, 784)).astype(np.float32)
     net.loss_and_grads(x, np.zeros(8, int))
     assert np.allclose(net.last_logits, net.logits(x), atol=1e-5)  # no dropout or batch norm here
+
+
+def test_compile_from_path_and_text():
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "specs" / "spirals.dnn"
+    if not path.exists():
+        pytest.skip("specs/spirals.dnn not present")
+    a = dnnspec.compile(path)
+    b = dnnspec.compile(str(path))
+    c = dnnspec.compile(path.read_text())
+    assert list(a.params) == [p.name for p in a.model.params]
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.params[k], c.params[k])
+    with pytest.raises(DnnspecError):
+        dnnspec.compile("missing-file.dnn")
