@@ -125,6 +125,8 @@ def _read_path(path: Path, column: str) -> Dataset:
     if path.is_dir():
         return _read_idx_dir(path, path.name)
     suffix = path.name.lower()
+    if column and not (suffix.endswith(".csv") or suffix.endswith(".csv.gz")):
+        raise DataError(f"{path}: ':{column}' selects a label column, which only .csv files have")
     if suffix.endswith(".npz"):
         return _read_npz(path)
     if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
@@ -287,6 +289,7 @@ def _read_idx_pair(images: Path, labels: Path) -> Dataset:
 
 def _read_builtin(name: str, opts: dict[str, float], data_dir: str | os.PathLike | None) -> Dataset:
     if name == "fashion-mnist":
+        _take(name, opts, ())
         return fashion_mnist(data_dir)
     if name == "digits":
         return digits(**_take(name, opts, ("seed",)))
@@ -299,7 +302,8 @@ def _read_builtin(name: str, opts: dict[str, float], data_dir: str | os.PathLike
 def _take(name: str, opts: dict[str, float], allowed: tuple[str, ...]) -> dict[str, Any]:
     bad = sorted(set(opts) - set(allowed))
     if bad:
-        raise DataError(f"{name}: unknown option '{bad[0]}'; {name} takes {', '.join(allowed)}")
+        takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
+        raise DataError(f"{name}: unknown option '{bad[0]}'; {name} {takes}")
     ints = ("n", "classes", "features", "seed")
     out: dict[str, Any] = {}
     for k, v in opts.items():

@@ -76,6 +76,8 @@ def test_npz_missing_arrays_and_corrupt(tmp_path):
     (tmp_path / "c.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
     with pytest.raises(DataError, match=r"c\.npz: cannot read \.npz file"):
         load_data(str(tmp_path / "c.npz"), vec_model())
+    with pytest.raises(DataError, match="only .csv files have"):
+        load_data(f"{tmp_path / 'b.npz'}:label", vec_model())
 
 
 # --- .csv ------------------------------------------------------------------------------
@@ -245,6 +247,7 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
     ("spirals:n=abc", "bad option 'n=abc'"),
     ("spirals:width=3", "unknown option 'width'; spirals takes n, noise, seed"),
     ("moons:n=2.5", "option n=2.5 must be a positive whole number"),
+    ("fashion-mnist:n=5", "fashion-mnist takes no options"),
 ])
 def test_bad_source_names(source, message):
     with pytest.raises(DataError, match=message):
