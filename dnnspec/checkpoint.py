@@ -66,7 +66,7 @@ def _encode_meta(meta: Mapping[str, Any]) -> np.ndarray:
 
 def write_npz(path: str | os.PathLike, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
     """Atomically write ``meta`` (as JSON bytes) and ``arrays`` into one uncompressed .npz."""
-    payload = {"meta": _encode_meta(meta), **{k: np.ascontiguousarray(v) for k, v in arrays.items()}}
+    payload = {"meta": _encode_meta(meta), **{k: np.asarray(v) for k, v in arrays.items()}}
     return atomic_write(path, lambda f: np.savez(f, **payload))
 
 

@@ -1,0 +1,69 @@
+"""``dnnspec train SPEC``: train a spec on data with the NumPy engine, into a run folder.
+
+A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
+``Net(model, seed)`` -> ``trainer.fit``. The run folder (default ``runs/<network name>``)
+receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="the .dnn file to train")
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="data source: .npz/.csv file, IDX folder, spirals, moons, blobs, fashion-mnist "
+                             "(default: the spec's data statement)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with downloaded data sets (e.g. Fashion-MNIST)")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<network name>)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="override train epochs")
+    parser.add_argument("--batch", type=int, metavar="N", help="override train batch")
+    parser.add_argument("--lr", type=float, metavar="X", help="override the optimizer's learning rate")
+    parser.add_argument("--seed", type=int, metavar="N", help="override train seed (init, shuffling, dropout)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.npz")
+    parser.add_argument("--limit", type=int, metavar="N", help="use only the first N training examples (quick runs)")
+    parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
+                        help="progress output (default auto: a bar on a terminal, lines otherwise)")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from ..errors import UsageError
+
+    for flag in ("epochs", "batch", "limit"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag} must be at least 1, found {v}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, found {args.lr}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2^32), found {args.seed}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .. import frontend
+    from ..data import load_data
+    from ..engine.net import Net
+    from ..engine.trainer import fit
+
+    _check_args(args)
+    model = frontend.load(args.spec)
+    batch = args.batch or int(model.train["batch"])
+    data = load_data(args.data, model, data_dir=args.data_dir, batch=min(batch, args.limit or batch))
+    x, y = data.x_train, data.y_train
+    if args.limit is not None:
+        x, y = x[:args.limit], y[:args.limit]
+    seed = args.seed if args.seed is not None else int(model.train["seed"])
+    net = Net(model, seed=seed)
+    run_dir = Path(args.out) if args.out else Path("runs") / model.name
+    out = sys.stdout
+    out.write(f"training {model.name} on {data.name or args.data or model.data}: {len(x)} examples, "
+              f"run folder {run_dir}\n")
+    history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
+                  resume=args.resume, progress=args.progress, x_test=data.x_test, y_test=data.y_test, out=out)
+    best = f", best epoch {history.best_epoch}" if history.best_epoch else ""
+    out.write(f"done: {len(history)} epochs{best}; weights in {run_dir / 'best.npz'}\n")
+    return 0
