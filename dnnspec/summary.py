@@ -219,3 +219,41 @@ def _recipe(model: ir.Model) -> list[str]:
         f"train:     {_options(STATEMENTS['train'], t)}",
         f"augment:   {aug}",
     ]
+
+
+# --- documentation -------------------------------------------------------------------
+
+
+def _doc_default(o: Any) -> str:
+    from .schema import REQUIRED
+
+    if o.default is REQUIRED:
+        return "required"
+    if o.default is None:
+        return "—"
+    return f"`{format_value(o.type, o.default)}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def option_tables() -> str:
+    """Markdown tables of every statement, layer, op and option, generated from dnnspec.schema.
+
+    docs/language.md embeds this text between markers; a test keeps the two identical.
+    """
+    groups = (("Statements with options", STATEMENTS), ("Layers", LAYERS), ("Augmentation ops", AUGMENT),
+              ("Optimizers", OPTIMIZER), ("Schedules", SCHEDULE), ("Losses", LOSS))
+    out = []
+    for title, table in groups:
+        out.append(f"### {title}\n")
+        for schema in table.values():
+            pos = f" (positional: {', '.join(schema.positional)})" if schema.positional else ""
+            out.append(f"#### `{schema.name}`{pos}\n\n{schema.doc}. Example: `{schema.example}`\n")
+            if schema.options:
+                out.append("| option | type / range | default | meaning |\n|---|---|---|---|")
+                out += [f"| `{o.name}` | {_cell(o.type.describe())} | {_cell(_doc_default(o))} | {_cell(o.doc)} |"
+                        for o in schema.options]
+                out.append("")
+    return "\n".join(out).replace(" |  |", " | |")

@@ -214,3 +214,32 @@ def test_more_semantic_errors():
     assert _errors(MINI.replace("dense 3", 'dense 3 name="a.b"'))[0][2] == "layer name 'a.b' is not a plain name"
     assert _errors(MINI + "data mnist-fashion\n")[0][2] == "unknown data source 'mnist-fashion'"
     assert _errors(MINI.replace("dense 3", "repeat 0 {\n dense 3\n }"))[0][2] == "repeat: must be at least 1, found 0"
+
+
+def test_language_doc_lists_every_option():
+    from dnnspec.summary import option_tables
+
+    doc = (ROOT / "docs" / "language.md").read_text()
+    block = doc.split("<!-- BEGIN OPTIONS -->\n")[1].split("<!-- END OPTIONS -->")[0]
+    assert block == option_tables(), "regenerate docs/language.md's option section from dnnspec.summary"
+    from dnnspec.schema import AUGMENT, LAYERS, OPTIMIZER, SCHEDULE, STATEMENTS
+
+    for table in (STATEMENTS, LAYERS, AUGMENT, OPTIMIZER, SCHEDULE):
+        for schema in table.values():
+            assert f"#### `{schema.name}`" in block
+            assert all(f"| `{o.name}` |" in block for o in schema.options)
+
+
+def test_doc_examples_parse():
+    """Every `example` of the schema is a valid statement in a minimal spec."""
+    from dnnspec.schema import AUGMENT, LAYERS
+
+    for s in LAYERS.values():
+        body = s.example if s.name != "softmax" else "dense 3"
+        img = s.name in ("conv2d", "maxpool", "avgpool", "global_avgpool")
+        head = "input image[1, 8, 8]\n" if img else "input [4]\n"
+        tail = "  flatten\n  dense 3\n  softmax\n" if img or s.name == "flatten" else "  dense 3\n  softmax\n"
+        frontend.parse(f"{head}classes 3\nlayers {{\n  {body}\n{tail}}}\n")
+    for s in AUGMENT.values():
+        frontend.parse(f"input image[1, 8, 8]\nclasses 3\naugment {{\n  {s.example}\n}}\n"
+                       "layers {\n  flatten\n  dense 3\n  softmax\n}\n")
