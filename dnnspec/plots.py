@@ -6,7 +6,8 @@ pyplot, no global state, no display needed). Files are written atomically: a tem
 file in the same folder, then ``os.replace``.
 
 History rows are the trainer's: dicts with ``epoch, train_loss, train_acc, val_loss,
-val_acc, lr, time``; a missing or empty value (no validation split, a regression task)
+val_acc, lr, time`` (or the spellings in ``ALIASES``: ``loss``, ``accuracy``,
+``val_accuracy``, ``seconds``); a missing or empty value (no validation split, a regression task)
 is drawn as nothing.
 """
 
@@ -27,6 +28,9 @@ from .errors import DataError, UsageError
 HISTORY = "history.csv"
 CURVES = "curves.png"
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time")
+# Other spellings of the same columns (the trainer's history.csv writes loss, accuracy, ...).
+ALIASES = {"train_loss": ("loss",), "train_acc": ("accuracy", "train_accuracy", "acc"),
+           "val_acc": ("val_accuracy",), "time": ("seconds",)}
 
 
 def write_curves(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path | None:
@@ -66,14 +70,20 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read history ({e})") from None
     if not rows or "epoch" not in rows[0]:
-        raise DataError(f"{path}: no epochs recorded (expected a header with {', '.join(COLUMNS)} and a row per epoch)")
+        raise DataError(f"{path}: no epochs recorded (expected a header with epoch, loss, accuracy, val_loss, "
+                        f"val_accuracy and a row per epoch)")
     return rows
 
 
 def _series(rows: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Column name -> float array (NaN where a value is missing or empty)."""
+    """Column name (``COLUMNS``, or one of its ``ALIASES``) -> float array (NaN where missing or empty)."""
     rows = list(rows)
-    return {k: np.array([_float(r.get(k)) for r in rows]) for k in COLUMNS}
+    keys = set().union(*(r.keys() for r in rows)) if rows else set()
+    out = {}
+    for k in COLUMNS:
+        src = next((a for a in (k, *ALIASES.get(k, ())) if a in keys), k)
+        out[k] = np.array([_float(r.get(src)) for r in rows])
+    return out
 
 
 def _float(v: Any) -> float:

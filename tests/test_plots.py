@@ -65,6 +65,20 @@ def test_curves_draw_exactly_the_history_values():
     np.testing.assert_allclose(acc["val"].get_ydata(), [r["val_acc"] for r in rows])
 
 
+def test_trainer_column_names_are_understood(tmp_path):
+    """The trainer's history.csv spells the columns loss, accuracy, val_accuracy, seconds."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,lr,loss,accuracy,val_loss,val_accuracy,seconds\n"
+                                     "1,0.001,0.9,0.7,1.0,0.65,3.2\n2,0.001,0.5,0.8,0.6,0.78,3.1\n")
+    s = plots._series(plots.read_history(run))
+    np.testing.assert_allclose(s["train_loss"], [0.9, 0.5])
+    np.testing.assert_allclose(s["train_acc"], [0.7, 0.8])
+    np.testing.assert_allclose(s["val_acc"], [0.65, 0.78])
+    np.testing.assert_allclose(s["time"], [3.2, 3.1])
+    assert png_size(plots.plot_runs([run], tmp_path / "o.png"))[0] == "PNG"
+
+
 def test_curves_without_validation_or_accuracy():
     fig = plots.curves_figure([("r", plots._series(history(val=False, acc=False)))], single=True)
     assert len(fig.axes) == 1 and [line.get_label() for line in fig.axes[0].lines] == ["train"]
