@@ -106,6 +106,7 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
     """Two panels (loss, accuracy; loss only when no run has accuracy); training solid,
     validation dashed; one colour per run. ``runs``: (label, column -> values per epoch)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     has_acc = any(np.isfinite(s["train_acc"]).any() or np.isfinite(s["val_acc"]).any() for _, s in runs)
     fig = Figure(figsize=(11 if has_acc else 6, 4.2), dpi=100, layout="constrained")
@@ -121,6 +122,7 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
                     ax.plot(s["epoch"], y, style, color=color if not single else None, marker=".", label=name)
     for key, ax in panels:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss" if key == "loss" else "accuracy")
         ax.set_title(("loss" if key == "loss" else "accuracy") + (f": {runs[0][0]}" if single else ""))
         ax.grid(True, alpha=0.3)
