@@ -308,6 +308,9 @@ class _Loop:
         t0 = time.perf_counter()
         loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
         watch = _LogitWatch(net) if self.classify else None
+        # overflow/invalid warnings are replaced by our own finite checks (DivergenceError)
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        errstate.__enter__()
         try:
             for i in range(steps):
                 rows = order[i * b:(i + 1) * b]
@@ -328,6 +331,7 @@ class _Loop:
                 self.progress.step(e, self.epochs, i + 1, steps, loss_sum / seen,
                                    correct / seen if watch else None, time.perf_counter() - t0)
         finally:
+            errstate.__exit__(None, None, None)
             if watch is not None:
                 watch.close()
         self._check_weights(e, steps)
