@@ -137,8 +137,8 @@ class Conv2D(_WindowOp):
     with xp the zero-padded input. As matrices (M = N*OH*OW, K = kh*kw*C):
     ``cols (M, K)`` holds the receptive fields (rows (n, r, s), columns (i, j, c)),
     ``wmat (F, K)`` the kernel, and ``Y (F, M) = wmat @ cols.T``. Backward with
-    ``dY (F, M)``: ``dW = dY @ cols``, ``db = dY @ 1``, ``dcols = dY.T @ wmat`` and dx is
-    col2im of dcols: one strided add per kernel offset.
+    ``dY (F, M)``: ``dW = dY @ cols``, ``db = dY @ 1``, ``dcols = dY.T @ wmat`` (stored
+    offset-major) and dx is col2im of dcols: one strided add per kernel offset.
     """
 
     def __init__(self, layer: Layer, dtype: Any = np.float32):
@@ -189,17 +189,21 @@ class Conv2D(_WindowOp):
             np.sum(dyfm, axis=1, out=_grad_slot(grads, self.key("bias"), (f,), self.dtype))
         if not self.need_dx:
             return None
-        dcols = np.matmul(dyfm.T, wmat, out=cols)  # cols is not needed any more
+        # dcols = dY.T @ wmat, written offset-major: (kh*kw, M, C), one (M, F) @ (F, C) block per
+        # kernel offset in one matmul call, so that col2im reads each offset's block contiguously.
+        # It goes over cols, which is not needed any more.
+        m = cols.shape[0]
+        w_offsets = wmat.reshape(f, kh * kw, c).transpose(1, 0, 2)  # (kh*kw, F, C) view
+        dcols = np.matmul(dyfm.T[None], w_offsets, out=cols.reshape(kh * kw, m, c))
         return self._col2im(dcols, n)
 
     def _col2im(self, dcols: np.ndarray, n: int) -> np.ndarray:
-        """dcols (N*OH*OW, kh*kw*C) -> dx (N, C, H, W): add each offset's columns at its strided place."""
-        c, (kh, kw), (oh, ow) = self.in_chw[0], self.kernel, self.out_hw
+        """dcols (kh*kw, N*OH*OW, C) -> dx (N, C, H, W): add each offset's block at its strided place."""
+        c, (oh, ow) = self.in_chw[0], self.out_hw
         dxp = self.buf("dxp", (n,) + self.padded_hw + (c,))  # NHWC
         dxp.fill(0)
-        d6 = dcols.reshape(n, oh, ow, kh, kw, c)
-        for i, j, view in _window_views(dxp, self.kernel, self.stride, self.out_hw, (1, 2)):
-            view += d6[:, :, :, i, j, :]
+        for o, (_, _, view) in enumerate(_window_views(dxp, self.kernel, self.stride, self.out_hw, (1, 2))):
+            view += dcols[o].reshape(n, oh, ow, c)
         dx = self.buf("dx", (n,) + self.in_chw)
         np.copyto(dx, self._interior(dxp, (1, 2)).transpose(0, 3, 1, 2))
         return dx

@@ -1,0 +1,230 @@
+"""Epoch time of the issue-5 CNN on Fashion-MNIST-sized data, and its ratio to the GEMM bound.
+
+Network (batch 128, 60,000 images of 1x28x28, 469 batches an epoch)::
+
+    conv 32@3x3 -> relu -> maxpool 2 -> conv 64@3x3 -> relu -> maxpool 2
+    -> flatten -> dense 128 -> relu -> dropout 0.5 -> dense 10 -> softmax (cross-entropy)
+
+One timed step = ``net.loss_and_grads`` (forward + backward of the whole network) plus
+an Adam update. The epoch time is the median step time times the number of batches.
+
+GEMM bound: every matrix multiply of one training step, at the exact shapes and
+memory layouts the engine uses, is timed on its own with numpy (median of repeats);
+their sum times the batches is the time an epoch would take if it did nothing but
+those multiplies. The ratio epoch / bound says how much the rest (im2col, col2im,
+pooling, activations, the optimizer) costs on top. Both are measured in the same run,
+so the ratio is meaningful even on a busy machine; absolute times are not.
+
+When PyTorch is importable, the same network (same layers, Adam, float32, CPU) is
+timed the same way and reported beside it; it is never a dependency.
+
+    python bench/bench_cnn.py [--steps 15] [--batch 128] [--n 60000] [--profile] [--no-torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from dnnspec import ir  # noqa: E402
+from dnnspec.engine.net import Net  # noqa: E402
+from dnnspec.engine.optim import Adam  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+LAYERS = [
+    ("conv2d", {"filters": 32, "kernel": 3}), ("relu", {}), ("maxpool", {"kernel": 2}),
+    ("conv2d", {"filters": 64, "kernel": 3}), ("relu", {}), ("maxpool", {"kernel": 2}),
+    ("flatten", {}), ("dense", {"units": 128}), ("relu", {}), ("dropout", {"rate": 0.5}),
+    ("dense", {"units": 10}), ("softmax", {}),
+]
+
+
+def load_batches(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of Fashion-MNIST training images (uint8, N x 1 x 28 x 28) and labels; random if absent."""
+    images = FASHION / "train-images-idx3-ubyte.gz"
+    if images.exists():
+        from dnnspec.data import read_idx
+
+        x = read_idx(images)[:4096].reshape(-1, 1, 28, 28)
+        y = read_idx(FASHION / "train-labels-idx1-ubyte.gz")[:4096].astype(np.int64)
+        idx = rng.choice(len(x), batch, replace=False)
+        return x[idx], y[idx]
+    return rng.integers(0, 256, (batch, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, batch)
+
+
+def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
+    """Seconds per call of ``step()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- the GEMMs of one training step ------------------------------------------------------
+
+
+def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
+    """(label, A shape, B shape, B transposed) for every matmul of one training step.
+
+    Mirrors the engine: conv2d computes Y (F, M) = W (F, K) @ cols.T, dW = dY (F, M) @ cols
+    (M, K), dcols = dY.T @ W; dense y = x W, dW = x.T dy, dx = dy W.T. The first layer
+    with parameters skips dx. K = kh*kw*C, M = N*OH*OW.
+    """
+    gemms, first = [], True
+    for layer in model.layers:
+        if layer.kind == "conv2d":
+            f, c, kh, kw = layer.param("kernel").shape
+            k, m = c * kh * kw, batch * layer.out_shape[1] * layer.out_shape[2]
+            gemms += [(f"{layer.name} fwd", (f, k), (m, k), True), (f"{layer.name} dW", (f, m), (m, k), False)]
+            if not first:
+                gemms.append((f"{layer.name} dx", (m, f), (f, k), False))  # dY.T is F-ordered; see below
+        elif layer.kind == "dense":
+            i, o = layer.param("kernel").shape
+            gemms += [(f"{layer.name} fwd", (batch, i), (i, o), False), (f"{layer.name} dW", (i, batch), (batch, o),
+                                                                          False)]
+            if not first:
+                gemms.append((f"{layer.name} dx", (batch, o), (o, i), False))
+        else:
+            continue
+        first = False
+    return gemms
+
+
+def gemm_bound(model: ir.Model, batch: int, repeats: int = 7) -> tuple[float, float, list[tuple[str, float]]]:
+    """(seconds per step, FLOPs per step, per-GEMM medians) of numpy's matmul at the step's shapes."""
+    rng = np.random.default_rng(0)
+    total_s, total_flops, rows = 0.0, 0.0, []
+    for label, a_shape, b_shape, b_t in step_gemms(model, batch):
+        a = rng.standard_normal(a_shape, dtype=np.float32)
+        b = rng.standard_normal(b_shape, dtype=np.float32)
+        if label.endswith("dx") and label.startswith("conv"):
+            a = np.ascontiguousarray(a.T).T  # the engine passes dY.T, a transposed view
+        bb = b.T if b_t else b
+        out = np.empty((a.shape[0], bb.shape[1]), np.float32)
+        med = statistics.median(time_steps(lambda a=a, bb=bb, out=out: np.matmul(a, bb, out=out), repeats, 2))
+        total_s += med
+        total_flops += 2.0 * a.shape[0] * a.shape[1] * bb.shape[1]
+        rows.append((label, med))
+    return total_s, total_flops, rows
+
+
+# --- the engine ------------------------------------------------------------------------
+
+
+def engine_step_time(model: ir.Model, x, y, steps: int) -> list[float]:
+    net = Net(model, seed=0)
+    opt = Adam(net.params, net.trainable, lr=1e-3)
+
+    def step():
+        _, grads = net.loss_and_grads(x, y)
+        opt.step(net.params, grads)
+
+    return time_steps(step, steps)
+
+
+def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, float]]:
+    """Median forward and backward seconds per op (training mode), for finding hot spots."""
+    net = Net(model, seed=0)
+    h0 = net._prepare(x, False)
+    fwd = {op.name: [] for op in net.body}
+    bwd = {op.name: [] for op in net.body}
+    rng = np.random.default_rng(0)
+    for _ in range(steps + 2):
+        h = h0
+        for op in net.body:
+            t0 = time.perf_counter()
+            h = op.forward(h, net.params, True, rng)
+            fwd[op.name].append(time.perf_counter() - t0)
+        _, d = net.loss_fn(h, y)
+        for op in reversed(net.body[net._first:]):
+            t0 = time.perf_counter()
+            d = op.backward(d, net.params, net.grads)
+            bwd[op.name].append(time.perf_counter() - t0)
+    return [(op.name, statistics.median(fwd[op.name][2:]),
+             statistics.median(bwd[op.name][2:]) if bwd[op.name] else 0.0) for op in net.body]
+
+
+# --- PyTorch, when installed -------------------------------------------------------------
+
+
+def torch_step_time(x, y, steps: int) -> list[float] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    xt = torch.from_numpy(x.astype(np.float32) / 255.0)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+
+    times = time_steps(step, steps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=15, help="timed training steps (median is reported)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--n", type=int, default=60000, help="examples per epoch")
+    ap.add_argument("--profile", action="store_true", help="also print forward/backward time per op")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    args = ap.parse_args(argv)
+
+    batches = -(-args.n // args.batch)
+    model = ir.model_from_layers((1, 28, 28), LAYERS, scale=1 / 255)
+    x, y = load_batches(args.batch, np.random.default_rng(0))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}; "
+          f"batch {args.batch}, {batches} batches/epoch, median of {args.steps} steps")
+
+    step_s = statistics.median(engine_step_time(model, x, y, args.steps))
+    bound_s, flops, rows = gemm_bound(model, args.batch)
+    epoch, bound = step_s * batches, bound_s * batches
+    print(f"GEMM bound: {flops / 1e9:.2f} GFLOP/step at {flops / bound_s / 1e9:.0f} GFLOP/s -> {bound:.1f} s/epoch")
+    for label, med in rows:
+        print(f"    {label:<12} {med * 1e3:7.2f} ms")
+    print(f"dnnspec engine: {step_s * 1e3:.1f} ms/step -> {epoch:.1f} s/epoch, {epoch / bound:.2f}x the GEMM bound")
+
+    if args.profile:
+        print("per op (ms): forward / backward")
+        for name, f, b in engine_profile(model, x, y, args.steps):
+            print(f"    {name:<10} {f * 1e3:7.2f} {b * 1e3:7.2f}")
+
+    if not args.no_torch:
+        times = torch_step_time(x, y, args.steps)
+        if times is None:
+            print("PyTorch not installed: skipped")
+        else:
+            t = statistics.median(times) * batches
+            print(f"PyTorch: {t / batches * 1e3:.1f} ms/step -> {t:.1f} s/epoch, {t / bound:.2f}x the GEMM bound; "
+                  f"dnnspec / PyTorch = {epoch / t:.2f}")
+
+
+if __name__ == "__main__":
+    main()
