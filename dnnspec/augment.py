@@ -181,8 +181,9 @@ def affine_matrices(theta_deg: np.ndarray, s: np.ndarray, tx: np.ndarray, ty: np
 def affine_sample(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """Bilinear resampling of ``x (N, C, H, W)`` at ``A @ [x, y, 1]`` per output pixel; outside reads 0.
 
-    The image is zero-padded by one pixel and flattened per (example, channel); the four
-    neighbours are gathered with one flat index each and blended:
+    The batch is zero-padded by two pixels and flattened; the top-left neighbour's flat
+    index is clipped into the pad (so a far-outside sample reads four zeros) and the other
+    three are it plus 1, plus a row, plus both. Blend:
     ``out = a + wy (b - a)``, ``a = I00 + wx (I01 - I00)``, ``b = I10 + wx (I11 - I10)``.
     """
     n, c, h, w = x.shape
@@ -193,23 +194,15 @@ def affine_sample(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     sy = a32[:, 1, 0] * gx + a32[:, 1, 1] * gy + a32[:, 1, 2]
     x0, y0 = np.floor(sx), np.floor(sy)
     wx, wy = (sx - x0)[:, None], (sy - y0)[:, None]
-    pw = w + 2
-    # Padded coordinates of the top-left neighbour, clipped so that all four stay inside the pad.
-    col = np.clip(x0, -1, w).astype(np.int64) + 1
-    row = np.clip(y0, -1, h).astype(np.int64) + 1
-    col1 = np.clip(x0 + 1, -1, w).astype(np.int64) + 1
-    row1 = np.clip(y0 + 1, -1, h).astype(np.int64) + 1
-    padded = np.zeros((n, c, h + 2, pw), np.float32)
-    padded[:, :, 1:-1, 1:-1] = x
-    flat = padded.reshape(n * c, -1)
-    base = (np.arange(n * c) * flat.shape[1]).reshape(n, c, 1, 1)
-    flat = flat.ravel()
-
-    def gather(r: np.ndarray, q: np.ndarray) -> np.ndarray:
-        return flat.take(base + (r * pw + q)[:, None])
-
-    i00, i01, i10, i11 = gather(row, col), gather(row, col1), gather(row1, col), gather(row1, col1)
-    top = i00 + wx * (i01 - i00)
+    pw, ph = w + 4, h + 4
+    col = np.clip(x0, -2, w).astype(np.intp) + 2
+    row = np.clip(y0, -2, h).astype(np.intp) + 2
+    padded = np.zeros((n, c, ph, pw), np.float32)
+    padded[:, :, 2:-2, 2:-2] = x
+    flat = padded.ravel()
+    i00 = ((np.arange(n * c) * (ph * pw)).reshape(n, c, 1, 1) + (row * pw + col)[:, None]).ravel()
+    i00_, i01, i10, i11 = (flat.take(i00 + d).reshape(n, c, h, w) for d in (0, 1, pw, pw + 1))
+    top = i00_ + wx * (i01 - i00_)
     bottom = i10 + wx * (i11 - i10)
     return top + wy * (bottom - top)
 
