@@ -412,3 +412,32 @@ def test_pools_match_onnxruntime(case):
         op, _ = pool_op(kind, case, np.float32)
         ref = run_onnx_node(onnx_op, x, {}, kernel_shape=list(kernel), strides=list(stride), pads=pads, **extra)
         np.testing.assert_allclose(op.forward(x, {}, False, None), ref, atol=1e-5)
+
+
+# --- through Net --------------------------------------------------------------------------
+
+
+def test_small_cnn_through_net_matches_finite_differences():
+    """conv -> batchnorm (per channel) -> relu -> maxpool -> conv -> avgpool -> gap -> dense, in float64."""
+    from dnnspec.engine.net import Net
+
+    model = ir.model_from_layers((2, 6, 6), [
+        ("conv2d", {"filters": 3, "kernel": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+        ("maxpool", {"kernel": 2}), ("conv2d", {"filters": 4, "kernel": [2, 1]}),
+        ("avgpool", {"kernel": 2, "stride": 1, "padding": 1}), ("global_avgpool", {}),
+        ("dense", {"units": 3}), ("softmax", {})])
+    net = Net(model, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((4, 2, 6, 6))
+    y = rng.integers(0, 3, 4)
+    _, grads = net.loss_and_grads(x, y)
+    grads = {k: v.copy() for k, v in grads.items()}
+    saved = {k: v.copy() for k, v in net.params.items()}
+
+    def loss() -> float:
+        for k in ("bn1.running_mean", "bn1.running_var"):  # training passes update them; keep them fixed
+            net.params[k][...] = saved[k]
+        return net.loss_and_grads(x, y)[0]
+
+    for name in ("conv1.kernel", "bn1.gamma", "conv2.kernel", "conv2.bias", "dense1.kernel"):
+        assert rel_error(grads[name], numeric_grad(loss, net.params[name])) < 1e-6, name
