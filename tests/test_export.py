@@ -274,3 +274,127 @@ def test_existing_file_replaced_atomically(tmp_path):
     path.write_bytes(b"old")
     export(net, path)
     assert onnx.load(str(path)).graph.output[0].name == "probabilities"
+
+
+# --- dnnspec export ---------------------------------------------------------------------
+
+MLP = [("dense", {"units": 256}), ("relu", {}), ("dense", {"units": 128}), ("relu", {}), ("dense", {"units": 10}),
+       ("softmax", {})]
+
+
+def _run_dir(tmp_path, net, *, history=None):
+    from dnnspec.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    best = {k: v * 0.5 for k, v in net.params.items()}
+    state = {"epoch": 2, "history": history or [{"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.8}]}
+    save_checkpoint(run / "checkpoint.npz", net, {}, best, state)
+    return run, best
+
+
+def test_cli_export_run_dir_uses_best_weights(tmp_path, capsys):
+    from dnnspec import cli
+
+    net = make_net((12,), [D, ("batchnorm", {}), ("relu", {}), *SOFTMAX_HEAD])
+    run, best = _run_dir(tmp_path, net)
+    assert cli.main(["export", str(run)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    for k, v in best.items():
+        net.params[k][...] = v
+    proto = onnx.load(str(run / "model.onnx"))
+    assert_parity(net, proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["epochs"] == "2" and json.loads(meta["final_val_accuracy"]) == 0.8 and meta["weights"] == "best"
+    args = ["export", str(run / "checkpoint.npz"), "--no-fold", "--logits", "-o", str(tmp_path / "u.onnx")]
+    assert cli.main(args) == 0
+    proto = onnx.load(str(tmp_path / "u.onnx"))
+    assert "BatchNormalization" in ops(proto) and [o.name for o in proto.graph.output] == ["probabilities", "logits"]
+    assert_parity(net, proto)
+
+
+def test_cli_export_triton_repository(tmp_path):
+    from dnnspec import cli
+
+    net = make_net(IMG, [("conv2d", {"filters": 2}), ("relu", {}), ("flatten", {}), *SOFTMAX_HEAD])
+    run, _ = _run_dir(tmp_path, net)
+    assert cli.main(["export", str(run), "--triton", str(tmp_path / "repo")]) == 0
+    folder = tmp_path / "repo" / "model"
+    assert (folder / "1" / "model.onnx").read_bytes() == (run / "model.onnx").read_bytes()
+    config = (folder / "config.pbtxt").read_text()
+    for line in ('name: "model"', 'platform: "onnxruntime_onnx"', "max_batch_size: 1024", 'name: "input"',
+                 "dims: [ 2, 9, 9 ]", 'name: "probabilities"', "dims: [ 4 ]", "data_type: TYPE_FP32"):
+        assert line in config
+
+
+def test_cli_export_bad_sources(tmp_path, capsys):
+    from dnnspec import cli
+    from dnnspec.checkpoint import model_meta, write_npz
+
+    net = make_net((12,), [D, *SOFTMAX_HEAD])
+    other = make_net((12,), [("dense", {"units": 6}), *SOFTMAX_HEAD])
+    write_npz(tmp_path / "mixed.npz", {"format": 1, "kind": "net", "dtype": "float32", **model_meta(net.model)},
+              {f"param/{k}": v for k, v in other.params.items()})
+    assert cli.main(["export", str(tmp_path / "mixed.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "dense1.kernel" in err and "(12, 8)" in err and "(12, 6)" in err and err.count("\n") == 1
+    good = tmp_path / "good.npz"
+    net.save(good)
+    data = good.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert cli.main(["export", str(tmp_path / "cut.npz")]) == 1
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert cli.main(["export", str(good), "-o", str(tmp_path / "missing" / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["export", str(good), "--opset", "99"]) == 2
+    assert "--opset 99 is not supported" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["export", str(tmp_path / "empty")]) == 1
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_int8_quantization_shrinks_mlp(tmp_path, capsys):
+    from dnnspec import cli
+
+    net = make_net((784,), MLP)
+    net.save(tmp_path / "mlp.npz")
+    assert cli.main(["export", str(tmp_path / "mlp.npz"), "-o", str(tmp_path / "f.onnx")]) == 0
+    assert cli.main(["export", str(tmp_path / "mlp.npz"), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    ratio = (tmp_path / "f.onnx").stat().st_size / (tmp_path / "q.onnx").stat().st_size
+    assert ratio >= 3.0, ratio
+    x = np.random.default_rng(0).normal(size=(64, 784)).astype(np.float32)
+    q = session(onnx.load(str(tmp_path / "q.onnx"))).run(None, {"input": x})[0]
+    assert np.mean(q.argmax(1) == net.forward(x).argmax(1)) > 0.9
+
+
+@pytest.mark.slow
+def test_int8_keeps_fashion_mnist_accuracy(tmp_path, capsys):
+    """One epoch of SGD on Fashion-MNIST, then int8: test accuracy moves by less than 1 point."""
+    from dnnspec import cli
+    from dnnspec.data import fashion_mnist
+
+    try:
+        ds = fashion_mnist()
+    except Exception as e:  # noqa: BLE001 - the data set is an optional system package
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    net = Net(ir.model_from_layers((784,), MLP, scale=1 / 255), seed=0)
+    x, y = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
+    rng = np.random.default_rng(0)
+    velocity = {k: np.zeros_like(net.params[k]) for k in net.trainable}
+    for idx in np.array_split(rng.permutation(len(x))[:20000], 20000 // 128):  # a third of an epoch
+        _, grads = net.loss_and_grads(x[idx], y[idx])
+        for k, g in grads.items():
+            velocity[k] = 0.9 * velocity[k] - 0.05 * g
+            net.params[k] += velocity[k]
+    net.save(tmp_path / "mlp.npz")
+    xt = ds.x_test.reshape(len(ds.x_test), -1)
+    np.savez(tmp_path / "fm.npz", x=x[:10], y=y[:10], x_test=xt, y_test=ds.y_test)
+    args = ["export", str(tmp_path / "mlp.npz"), "--quantize", "int8", "--data", str(tmp_path / "fm.npz")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    line = next((ln for ln in out.splitlines() if ln.startswith("test accuracy")), out)
+    with capsys.disabled():
+        print(f"\n{line}")
+    before, after = float(line.split()[2]), float(line.split()[5])
+    assert before > 0.75 and abs(after - before) < 0.01, line
