@@ -9,7 +9,8 @@ Three layouts are accepted (paths come only from the command line, never from re
       REPO/<name>/config.pbtxt
       REPO/<name>/<version>/model.onnx      (version: a positive integer)
 
-  every version is served; a URL without a version gets the highest one.
+  every version is served; a URL without a version gets the highest one. The folder
+  of one such model (``REPO/<name>``) can be given alone.
 """
 
 from __future__ import annotations
@@ -143,9 +144,11 @@ def find_models(path: str | Path) -> list[tuple[str, str, Path]]:
         if path.suffix != ".onnx":
             raise UsageError(f"{path}: not an .onnx file")
         return [(path.stem, "1", path)]
-    found = [(f.stem, "1", f) for f in sorted(path.glob("*.onnx")) if f.is_file()]
-    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-        found += _triton_versions(sub)
+    found = _triton_versions(path)  # the folder of one Triton model
+    if not found:
+        found = [(f.stem, "1", f) for f in sorted(path.glob("*.onnx")) if f.is_file()]
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            found += _triton_versions(sub)
     seen: set[tuple[str, str]] = set()
     for name, version, _ in found:
         if (name, version) in seen:

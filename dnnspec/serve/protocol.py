@@ -198,7 +198,7 @@ def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.nda
         raw = np.asarray(data)
     except ValueError:
         raise InferenceError(f"input '{spec.name}': 'data' is a ragged nested list") from None
-    allowed = "b" if spec.datatype == "BOOL" else ("biu" if DATATYPES[spec.datatype].kind in "iu" else "biuf")
+    allowed = {"b": "b", "i": "iu", "u": "iu"}.get(DATATYPES[spec.datatype].kind, "iuf")
     if raw.size and raw.dtype.kind not in allowed:
         raise InferenceError(f"input '{spec.name}': 'data' must hold {spec.datatype} numbers, "
                              f"found {_kind_name(raw.dtype.kind)}")

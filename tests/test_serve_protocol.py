@@ -1,0 +1,180 @@
+"""dnnspec.serve without a network: model discovery, the wire format, the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from test_serve import CLASSES, FEATURES, mlp_model, reference, write_repository
+from tritonclient.utils import deserialize_bytes_tensor
+
+from dnnspec.errors import CheckpointError, UsageError
+from dnnspec.serve.batching import Batcher
+from dnnspec.serve.models import find_models, load_repository
+from dnnspec.serve.protocol import (
+    InferenceError,
+    TensorSpec,
+    classification,
+    encode_bytes,
+    parse_infer_request,
+    top_k,
+)
+
+SPEC = [TensorSpec("input", "FP32", (-1, 3))]
+
+
+def test_find_models_in_every_layout(tmp_path):
+    repo = write_repository(tmp_path / "repo")
+    assert sorted((n, v) for n, v, _ in find_models(repo)) == [("mlp", "1"), ("tri", "1"), ("tri", "2")]
+    assert [(n, v) for n, v, _ in find_models(repo / "mlp.onnx")] == [("mlp", "1")]
+    assert [(n, v) for n, v, _ in find_models(repo / "tri")] == [("tri", "1"), ("tri", "2")]  # one model's folder
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda p: p / "missing.onnx", "no such file"),
+    (lambda p: (p / "x.txt").write_text("hi") and p / "x.txt", "not an .onnx file"),
+    (lambda p: p, "no models found"),
+])
+def test_find_models_errors(tmp_path, make, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        find_models(make(tmp_path))
+
+
+def test_file_and_folder_with_the_same_name_is_an_error(tmp_path):
+    repo = write_repository(tmp_path / "repo")
+    (repo / "tri.onnx").write_bytes((repo / "mlp.onnx").read_bytes())
+    with pytest.raises(UsageError, match="both a file and a repository folder"):
+        find_models(repo)
+
+
+def test_config_default_model_filename(tmp_path):
+    folder = tmp_path / "repo" / "m"
+    (folder / "3").mkdir(parents=True)
+    onnx.save(mlp_model([4, 2]), folder / "3" / "net.onnx")
+    (folder / "config.pbtxt").write_text('name: "m"\ndefault_model_filename: "net.onnx"\n')
+    assert [(n, v, p.name) for n, v, p in find_models(tmp_path / "repo")] == [("m", "3", "net.onnx")]
+
+
+def test_loaded_metadata_and_class_names(tmp_path):
+    repo = load_repository(write_repository(tmp_path / "repo"))
+    mlp = repo.get("mlp")
+    assert mlp.class_names == CLASSES and mlp.batchable
+    assert [s.metadata() for s in mlp.inputs] == [{"name": "input", "datatype": "FP32", "shape": [-1, FEATURES]}]
+    assert repo.get("tri").version == "2" and repo.versions("tri") == ["1", "2"]
+    with pytest.raises(InferenceError) as e:
+        repo.get("tri", "9")
+    assert e.value.status == 404
+
+
+def test_bad_class_names_are_ignored_with_a_warning(tmp_path, capsys):
+    model = mlp_model([4, 2])
+    onnx.helper.set_model_props(model, {"class_names": "not json"})
+    onnx.save(model, tmp_path / "m.onnx")
+    assert load_repository(tmp_path / "m.onnx").get("m").class_names is None
+    assert "ignoring class_names" in capsys.readouterr().err
+
+
+def test_corrupt_model_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="bad.onnx: cannot load the ONNX model"):
+        load_repository(tmp_path / "bad.onnx")
+
+
+# ---------------------------------------------------------------- wire format
+
+def request(data, shape=(2, 3), **extra) -> bytes:
+    return json.dumps({"inputs": [{"name": "input", "shape": list(shape), "datatype": "FP32", "data": data}],
+                       **extra}).encode()
+
+
+def test_nested_and_flat_data_give_the_same_array():
+    flat = parse_infer_request(request([1, 2, 3, 4, 5, 6.5]), None, SPEC, ["y"], 10)
+    nested = parse_infer_request(request([[1, 2, 3], [4, 5, 6.5]]), None, SPEC, ["y"], 10)
+    expected = np.array([[1, 2, 3], [4, 5, 6.5]], np.float32)
+    for r in (flat, nested):
+        assert r.inputs["input"].dtype == np.float32 and np.array_equal(r.inputs["input"], expected) and r.rows == 2
+
+
+def test_binary_input_is_read_after_the_header():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    head = json.dumps({"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 24}}], "id": "a",
+                       "parameters": {"binary_data_output": True, "top_k": 2}}).encode()
+    r = parse_infer_request(head + x.tobytes(), str(len(head)), SPEC, ["y"], 10)
+    assert np.array_equal(r.inputs["input"], x) and r.id == "a" and r.binary_output and r.top_k == 2
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (request([1, 2, 3, 4, 5, float("inf")]), "infinity"),
+    (request([True] * 6), "found booleans"),
+    (request([1, 2, 3, 4, 5, None]), "found null"),
+    (request([1, 2, 3], shape=(1, 3), id=5), "'id' must be a string"),
+    (request([1, 2, 3], shape=(1, 3), outputs="y"), "'outputs' must be a list"),
+    (request([1, 2, 3], shape=(1, 3), parameters={"top_k": -1}), "top_k must be a non-negative integer"),
+    (json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}] * 2}).encode(),
+     "given twice"),
+    (request([1.0] * 33, shape=(11, 3)), "over the limit of 10 rows"),
+])
+def test_more_bad_requests(body, fragment):
+    with pytest.raises(InferenceError, match=fragment) as e:
+        parse_infer_request(body, None, SPEC, ["y"], 10)
+    assert e.value.status == 400
+
+
+def test_top_k_and_classification_against_numpy():
+    scores = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]], np.float32)
+    names, best = top_k(scores, 2, ["a", "b", "c"])
+    assert names.tolist() == [["b", "c"], ["c", "a"]]  # a tie goes to the lower index
+    assert np.array_equal(best, np.array([[0.5, 0.4], [0.4, 0.3]], np.float32))
+    assert top_k(scores, 1, None)[0].tolist() == [["1"], ["2"]]
+    assert classification(scores, 1, ["a", "b", "c"]).tolist() == [["0.500000:1:b"], ["0.400000:2:c"]]
+    with pytest.raises(InferenceError, match="top_k is 4"):
+        top_k(scores, 4, None)
+
+
+def test_bytes_encoding_is_what_tritonclient_decodes():
+    arr = np.array([["cat", "dög"], ["", "x"]], dtype=object)
+    assert [b.decode() for b in deserialize_bytes_tensor(encode_bytes(arr))] == ["cat", "dög", "", "x"]
+
+
+# ---------------------------------------------------------------- batcher
+
+def test_batcher_merges_and_splits_back(tmp_path):
+    repo_dir = write_repository(tmp_path / "repo")
+    model = load_repository(repo_dir).get("mlp")
+    xs = [np.random.default_rng(i).normal(size=(1 + i % 3, FEATURES)).astype(np.float32) for i in range(10)]
+
+    async def go():
+        batcher = Batcher(model, max_batch=64, window_s=0.05, pool=None)
+        try:
+            return await asyncio.gather(*(batcher.infer({"input": x}, len(x)) for x in xs))
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(go())
+    assert model.stats.execution_count == 1 and model.stats.inference_count == sum(len(x) for x in xs)
+    sess = ort.InferenceSession(str(repo_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    merged = sess.run(None, {"input": np.concatenate(xs)})[0]
+    np.testing.assert_array_equal(np.concatenate([r["probabilities"] for r in results]), merged)
+    for x, r in zip(xs, results):  # row results do not depend on their neighbours
+        np.testing.assert_allclose(r["probabilities"], reference(repo_dir / "mlp.onnx", x)["probabilities"],
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_batcher_respects_max_batch(tmp_path):
+    model = load_repository(write_repository(tmp_path / "repo")).get("mlp")
+    xs = [np.ones((3, FEATURES), np.float32)] * 5
+
+    async def go():
+        batcher = Batcher(model, max_batch=7, window_s=0.05, pool=None)
+        try:
+            await asyncio.gather(*(batcher.infer({"input": x}, 3) for x in xs))
+        finally:
+            await batcher.close()
+
+    asyncio.run(go())
+    assert model.stats.execution_count == 3 and model.stats.inference_count == 15  # 6 + 6 + 3 rows
