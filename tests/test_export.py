@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,16 +32,22 @@ def make_net(in_shape, layers, *, loss="cross_entropy", scale=1.0, normalize=Non
     model = ir.model_from_layers(in_shape, layers, loss=loss, scale=scale)
     if normalize is not None:
         model = dataclasses.replace(model, normalize=normalize)
+    return trained_net(model, seed)
+
+
+def trained_net(model, seed=0, n=32):
+    """A Net of ``model`` after 3 SGD steps on random data, with random bn statistics and alphas."""
     net = Net(model, seed=seed)
+    loss = model.loss.kind
     rng = np.random.default_rng(seed)
-    x = raw_inputs(rng, model, 32)
+    x = raw_inputs(rng, model, n)
     if model.normalize.mode == "auto":
         net.set_input_stats(x)
     out = model.output_shape[0]
     if loss == "mse":
-        y = rng.normal(size=(32, out))
+        y = rng.normal(size=(n, out))
     else:
-        y = rng.integers(0, model.task.classes, 32)
+        y = rng.integers(0, 2 if loss == "binary_cross_entropy" else model.task.classes, n)
     for _ in range(3):
         _, grads = net.loss_and_grads(x, y, rng=rng)
         for k, g in grads.items():
@@ -174,6 +181,21 @@ def test_parity_and_minimal_graph(case):
         unfolded = to_onnx(net.model, net.params, fold=False)
         assert "BatchNormalization" in ops(unfolded)
         assert_parity(net, unfolded)
+
+
+SPECS = sorted(Path(__file__).parent.parent.glob("specs/*.dnn"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_parity_for_every_spec(spec):
+    from dnnspec import frontend
+
+    net = trained_net(frontend.load(str(spec)), n=8)
+    folded = to_onnx(net.model, net.params)
+    assert not {"BatchNormalization", "Dropout"} & set(ops(folded))
+    assert_parity(net, folded)
+    if any(layer.kind == "batchnorm" for layer in net.model.layers):
+        assert_parity(net, to_onnx(net.model, net.params, fold=False))
 
 
 def test_matmul_form_matches_gemm_form():

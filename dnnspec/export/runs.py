@@ -2,8 +2,9 @@
 
 A training checkpoint holds the last epoch's weights and the best epoch's; export
 uses the best ones (what early stopping restores), or the last when there are no best
-weights. A run folder is searched for its best-weights file, then a saved model, then
-its checkpoint.
+weights. A run folder (of ``dnnspec train``: ``best.npz``, ``checkpoint.npz``, ``history.csv``)
+is searched for its best-weights file, then a saved model, then its checkpoint; the
+training summary (epochs, validation accuracy) comes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def find_file(path: Path) -> Path:
 
 
 def load_source(path: str | os.PathLike) -> Source:
-    """Load the network of a run folder or file, with its best weights when the file has them."""
+    """Load the network of a run folder or file, with its best weights when there are any.
+
+    The training summary comes from the run's ``checkpoint.npz`` (or the file itself).
+    """
     from ..checkpoint import model_from_meta, read_npz, restore_params
     from ..engine.net import Net
 
@@ -60,14 +64,21 @@ def load_source(path: str | os.PathLike) -> Source:
     if best and {f"best/{k}" for k in net.params} <= best:
         prefix = "best/"
     restore_params(net.params, arrays, str(file), prefix=prefix)
-    summary = training_summary(meta, prefix == "best/")
-    return Source(net, file, summary, path if path.is_dir() else None)
+    summary_meta = meta
+    ckpt = path / "checkpoint.npz"
+    if path.is_dir() and file != ckpt and ckpt.is_file():
+        try:
+            summary_meta = read_npz(ckpt, "checkpoint")[0]
+        except CheckpointError:
+            pass  # the summary is optional; the weights came from a good file
+    best_weights = prefix == "best/" or file.name == "best.npz"
+    return Source(net, file, training_summary(summary_meta, best_weights), path if path.is_dir() else None)
 
 
 def training_summary(meta: dict[str, Any], best: bool) -> dict[str, Any]:
     """Epochs trained and the final (or best) validation accuracy, from a checkpoint's metadata."""
     out: dict[str, Any] = {}
-    history = meta.get("history") or []
+    history = meta.get("rows") or meta.get("history") or []
     if "epoch" in meta:
         out["epochs"] = int(meta["epoch"])
     elif history:
@@ -80,5 +91,7 @@ def training_summary(meta: dict[str, Any], best: bool) -> dict[str, Any]:
             if best:
                 out["best_val_accuracy"] = float(max(accs))
             break
+    if meta.get("best_epoch") is not None:
+        out["best_epoch"] = int(meta["best_epoch"])
     out["weights"] = "best" if best else "last"
     return out
