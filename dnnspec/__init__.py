@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "load"]
+__all__ = ["Predictor", "compile", "load"]
 
 
 def __getattr__(name: str):
-    """Lazy top-level API (``import dnnspec`` stays light): ``compile`` and ``load``."""
+    """Lazy top-level API (``import dnnspec`` stays light): ``compile``, ``load``, ``Predictor``."""
     if name == "compile":
         from .engine.net import compile_net
 
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from .checkpoint import load_net
 
         return load_net
+    if name == "Predictor":
+        from .export.predictor import Predictor
+
+        return Predictor
     raise AttributeError(f"module 'dnnspec' has no attribute {name!r}")

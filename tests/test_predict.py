@@ -168,3 +168,15 @@ def test_cli_errors_are_one_line(tmp_path, vector_model, capsys):
     assert cli.main(["predict", str(vector_model[1]), str(tmp_path / "bad.npy"),
                      "--out", str(tmp_path / "no" / "p.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_top_level_api_is_lazy():
+    import subprocess
+    import sys
+
+    import dnnspec
+
+    assert dnnspec.Predictor is Predictor
+    code = "import sys, dnnspec; dnnspec.Predictor; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
