@@ -77,47 +77,54 @@ def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
 # --- the GEMMs of one training step ------------------------------------------------------
 
 
-def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
-    """(label, A shape, B shape, B transposed) for every matmul of one training step.
+def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, float, object]]:
+    """(label, FLOPs, matmul thunk) for every matmul of one training step, as the engine calls it.
 
-    Mirrors the engine: conv2d computes Y (F, M) = W (F, K) @ cols.T, dW = dY (F, M) @ cols
-    (M, K), dcols = dY.T @ W; dense y = x W, dW = x.T dy, dx = dy W.T. The first layer
-    with parameters skips dx. K = kh*kw*C, M = N*OH*OW.
+    conv2d: Y (F, M) = W (F, K) @ cols.T; dW = dY (F, M) @ cols (M, K); dcols = dY.T @ W as one
+    matmul call with W viewed (kh*kw, F, C), written offset-major (kh*kw, M, C).
+    dense: y = x W, dW = x.T dy, dx = dy W.T. The first layer with parameters skips dx.
+    K = kh*kw*C, M = N*OH*OW. Operands are random float32 arrays of those shapes and layouts.
     """
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    def mm(a, b):
+        out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), np.float32)
+        return lambda: np.matmul(a, b, out=out)
+
     gemms, first = [], True
     for layer in model.layers:
         if layer.kind == "conv2d":
             f, c, kh, kw = layer.param("kernel").shape
             k, m = c * kh * kw, batch * layer.out_shape[1] * layer.out_shape[2]
-            gemms += [(f"{layer.name} fwd", (f, k), (m, k), True), (f"{layer.name} dW", (f, m), (m, k), False)]
+            w, cols, dy = arr(f, k), arr(m, k), arr(f, m)
+            gemms += [(f"{layer.name} fwd", 2.0 * f * k * m, mm(w, cols.T)),
+                      (f"{layer.name} dW", 2.0 * f * k * m, mm(dy, cols))]
             if not first:
-                gemms.append((f"{layer.name} dx", (m, f), (f, k), False))  # dY.T is F-ordered; see below
+                w_offsets = w.reshape(f, kh * kw, c).transpose(1, 0, 2)
+                gemms.append((f"{layer.name} dx", 2.0 * f * k * m, mm(dy.T[None], w_offsets)))
         elif layer.kind == "dense":
             i, o = layer.param("kernel").shape
-            gemms += [(f"{layer.name} fwd", (batch, i), (i, o), False), (f"{layer.name} dW", (i, batch), (batch, o),
-                                                                          False)]
+            x, w, dy = arr(batch, i), arr(i, o), arr(batch, o)
+            gemms += [(f"{layer.name} fwd", 2.0 * batch * i * o, mm(x, w)),
+                      (f"{layer.name} dW", 2.0 * batch * i * o, mm(x.T, dy))]
             if not first:
-                gemms.append((f"{layer.name} dx", (batch, o), (o, i), False))
+                gemms.append((f"{layer.name} dx", 2.0 * batch * i * o, mm(dy, w.T)))
         else:
             continue
         first = False
     return gemms
 
 
-def gemm_bound(model: ir.Model, batch: int, repeats: int = 7) -> tuple[float, float, list[tuple[str, float]]]:
+def gemm_bound(model: ir.Model, batch: int, repeats: int = 9) -> tuple[float, float, list[tuple[str, float]]]:
     """(seconds per step, FLOPs per step, per-GEMM medians) of numpy's matmul at the step's shapes."""
-    rng = np.random.default_rng(0)
     total_s, total_flops, rows = 0.0, 0.0, []
-    for label, a_shape, b_shape, b_t in step_gemms(model, batch):
-        a = rng.standard_normal(a_shape, dtype=np.float32)
-        b = rng.standard_normal(b_shape, dtype=np.float32)
-        if label.endswith("dx") and label.startswith("conv"):
-            a = np.ascontiguousarray(a.T).T  # the engine passes dY.T, a transposed view
-        bb = b.T if b_t else b
-        out = np.empty((a.shape[0], bb.shape[1]), np.float32)
-        med = statistics.median(time_steps(lambda a=a, bb=bb, out=out: np.matmul(a, bb, out=out), repeats, 2))
+    for label, flops, call in step_gemms(model, batch):
+        med = statistics.median(time_steps(call, repeats, 2))
         total_s += med
-        total_flops += 2.0 * a.shape[0] * a.shape[1] * bb.shape[1]
+        total_flops += flops
         rows.append((label, med))
     return total_s, total_flops, rows
 
