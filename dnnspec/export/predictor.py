@@ -13,6 +13,7 @@ dtype is a :class:`~dnnspec.errors.DataError` naming the shape the model expects
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def coerce_input(x: Any, shape: tuple[int, ...], source: str = "input") -> np.nd
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: inputs must be numbers, found dtype {x.dtype}; the model expects "
                         f"float32 values of shape [N, {', '.join(map(str, shape))}]")
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if x.shape[1:] == shape:
         pass
     elif x.shape == shape:
@@ -163,10 +164,10 @@ def coerce_input(x: Any, shape: tuple[int, ...], source: str = "input") -> np.nd
     else:
         raise DataError(f"{source}: input of shape {_fmt(x.shape)} does not fit the model, which expects "
                         f"[N, {', '.join(map(str, shape))}] (N examples of shape {_fmt(shape)})")
-    x = x.astype(np.float32, copy=False)
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x.sum(dtype=np.float64)):  # finite iff every value is (float64 cannot overflow here)
         raise DataError(f"{source}: inputs contain NaN or inf")
-    return np.ascontiguousarray(x)
+    return x
 
 
 # --- reading input files -----------------------------------------------------------
