@@ -123,7 +123,7 @@ CASES = {
     "dropout_scale_no_linear_after": ((12,), [("dense", {"units": 4}), ("dropout", {"rate": 0.5, "mode": "scale"}),
                                               ("softmax", {})], {}, "Gemm Mul Softmax"),
     "dropout_scale_bn": ((12,), [D, ("dropout", {"rate": 0.3, "mode": "scale"}), ("batchnorm", {}), ("elu", {}),
-                                 *SOFTMAX_HEAD], {}, "Gemm Mul Add Elu Gemm Softmax"),
+                                 *SOFTMAX_HEAD], {}, "Gemm Elu Gemm Softmax"),
     "scale": ((12,), [D, ("relu", {}), *SOFTMAX_HEAD], {"scale": 1 / 255}, "Gemm Relu Gemm Softmax"),
     "scale_before_act": ((12,), [("tanh", {}), D, ("relu", {}), *SOFTMAX_HEAD], {"scale": 1 / 255},
                          "Mul Tanh Gemm Relu Gemm Softmax"),

@@ -170,7 +170,10 @@ class GraphBuilder:
     def affine(self, a: np.ndarray, c: np.ndarray, label: str, *, into_previous: bool) -> None:
         """Apply ``y = a*x + c`` per channel: into the open linear layer's output, or held as pending."""
         a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
-        if into_previous and self.open is not None and self.pending is None:
+        if into_previous and self.open is not None:
+            if self.pending is not None:  # e.g. scale-mode dropout between the linear layer and this one
+                (pa, pc), self.pending = self.pending, None
+                a, c = pa * a, pc * a + c
             self.open.fold_output(a, c)
             return
         if self.pending is None:
