@@ -70,7 +70,7 @@ def test_fashion_mlp_ir_matches_hand_count():
     assert m.task.classes == 10 and m.task.class_names[-1] == "Ankle boot"
     assert m.optimizer.kind == "adam" and m.optimizer.options["lr"] == 1e-3
     assert m.schedule.kind == "cosine" and m.schedule.options["warmup"] == 1.0
-    assert dict(m.train) == {"epochs": 15, "batch": 128, "validation": 0.1, "seed": 7, "early_stop": 3,
+    assert dict(m.train) == {"epochs": 20, "batch": 128, "validation": 0.1, "seed": 7, "early_stop": 5,
                              "checkpoint_every": 1}
     assert m.normalize.mode == "auto" and m.data == "fashion-mnist" and m.name == "fashion_mlp"
 
