@@ -24,6 +24,29 @@ from ..ir import Layer
 OPS: dict[str, type[Op]] = {}
 
 
+class Scratch:
+    """Scratch arrays by tag, reused while a tag's shape and dtype repeat.
+
+    One array per tag: a call with a new shape (the last, smaller batch of an epoch, or
+    evaluation at batch 1024) replaces it, so memory is bounded by one batch of each
+    kind, however many batch sizes a run sees. ``fill`` initialises a new array (a
+    padded buffer's zero border then stays for good).
+    """
+
+    def __init__(self, dtype: Any = np.float32):
+        self.dtype = np.dtype(dtype)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __call__(self, tag: str, shape: tuple[int, ...], dtype: Any = None,
+                 fill: float | None = None) -> np.ndarray:
+        dt = self.dtype if dtype is None else np.dtype(dtype)
+        b = self._arrays.get(tag)
+        if b is None or b.shape != shape or b.dtype != dt:
+            b = np.empty(shape, dtype=dt) if fill is None else np.full(shape, fill, dtype=dt)
+            self._arrays[tag] = b
+        return b
+
+
 def register(*kinds: str):
     """Class decorator: make the op class the engine's implementation of these IR kinds."""
 
@@ -46,6 +69,7 @@ class Op:
         self.opts = layer.options
         self.dtype = np.dtype(dtype)
         self.need_dx = True
+        self.buf = Scratch(self.dtype)
 
     def key(self, local: str) -> str:
         return f"{self.name}.{local}"

@@ -78,22 +78,6 @@ class _WindowOp(Op):
         self.stride = tuple(self.opts["stride"])
         self.pads = conv_pads(self.opts, h, w)
         self.padded_hw = (h + self.pads[0] + self.pads[2], w + self.pads[1] + self.pads[3])
-        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
-
-    def buf(self, tag: str, shape: tuple[int, ...], dtype: Any = None, fill: float | None = None) -> np.ndarray:
-        """A scratch array ``shape`` for ``tag``, the same one while the shape repeats.
-
-        ``fill`` initialises a new array (a padded buffer's border keeps it for good).
-        """
-        key = (tag, shape)
-        b = self._bufs.get(key)
-        if b is None:
-            if len(self._bufs) > 32:  # many batch shapes seen (predict on odd sizes): start over
-                self._bufs.clear()
-            dt = self.dtype if dtype is None else dtype
-            b = np.empty(shape, dtype=dt) if fill is None else np.full(shape, fill, dtype=dt)
-            self._bufs[key] = b
-        return b
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_chw:
@@ -315,7 +299,6 @@ class GlobalAvgPool(_WindowOp):
     def __init__(self, layer: Layer, dtype: Any = np.float32):
         Op.__init__(self, layer, dtype)
         self.in_chw = tuple(layer.in_shape)
-        self._bufs = {}
 
     def forward(self, x, params, training, rng):
         x = self._check(x)

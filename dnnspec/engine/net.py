@@ -71,7 +71,7 @@ class Net:
         self._init_input_stats()
         self.grads = {k: np.zeros_like(self.params[k]) for k in self.trainable}
         self._first = self._first_with_grads()
-        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._buf = base.Scratch(self.dtype)
         self.last_logits: np.ndarray | None = None
 
     # --- input --------------------------------------------------------------------
@@ -136,15 +136,6 @@ class Net:
         np.multiply(x, a, out=out, casting="unsafe")
         out -= self.params["input.mean"].reshape(cs) / std
         return out
-
-    def _buf(self, tag: str, shape: tuple[int, ...]) -> np.ndarray:
-        key = (tag, shape)
-        b = self._bufs.get(key)
-        if b is None:
-            if len(self._bufs) > 16:
-                self._bufs.clear()
-            b = self._bufs[key] = np.empty(shape, self.dtype)
-        return b
 
     # --- passes -------------------------------------------------------------------
 

@@ -20,21 +20,7 @@ from .base import Op, register
 
 
 class BufferedOp(Op):
-    """An op with named scratch arrays reused across calls of the same shape."""
-
-    def __init__(self, layer: Any, dtype: Any = np.float32):
-        super().__init__(layer, dtype)
-        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
-
-    def buf(self, tag: str, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
-        """An uninitialised array ``shape`` for ``tag``, the same one each call with this shape."""
-        key = (tag, shape)
-        b = self._bufs.get(key)
-        if b is None:
-            if len(self._bufs) > 64:  # many batch shapes seen (e.g. predict on odd sizes): start over
-                self._bufs.clear()
-            b = self._bufs[key] = np.empty(shape, dtype=self.dtype if dtype is None else dtype)
-        return b
+    """An op with named scratch arrays (``self.buf``, see base.Scratch) reused across calls."""
 
 
 def grad_out(grads: dict[str, np.ndarray], key: str, like: np.ndarray) -> np.ndarray:
