@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import frontend
     from ..data import load_data
     from ..engine.net import Net
-    from ..engine.trainer import fit
+    from ..engine.trainer import fit, test_line
 
     _check_args(args)
     model = frontend.load(args.spec)
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
               f"run folder {run_dir}\n")
     history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
                   resume=args.resume, progress=args.progress, x_test=data.x_test, y_test=data.y_test, out=out)
+    if history.test and args.progress == "none":  # the progress output already showed it otherwise
+        out.write(test_line(history.test) + "\n")
     best = f", best epoch {history.best_epoch}" if history.best_epoch else ""
     out.write(f"done: {len(history)} epochs{best}; weights in {run_dir / 'best.npz'}\n")
     return 0

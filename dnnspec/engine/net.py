@@ -188,7 +188,7 @@ class Net:
         for i in range(0, len(x), batch):
             yield i, self._run(self.body, x[i:i + batch], False, None, reuse=True)
 
-    def _classify(self, z: np.ndarray) -> np.ndarray:
+    def classify(self, z: np.ndarray) -> np.ndarray:
         """Logits (N, K) -> class ids: argmax, or logit > 0 (probability > 1/2) for binary."""
         if self.model.loss.kind == "binary_cross_entropy":
             return (z.reshape(len(z)) > 0).astype(np.int64)
@@ -200,7 +200,7 @@ class Net:
             return np.concatenate([self.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
         out = np.empty(len(x), dtype=np.int64)
         for i, z in self._batches(x, batch):
-            out[i:i + len(z)] = self._classify(z)
+            out[i:i + len(z)] = self.classify(z)
         return out
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> dict[str, float]:
@@ -212,7 +212,7 @@ class Net:
             loss, _ = self.loss_fn(z, yb, grad=False)
             total += loss * len(z)
             if classify:
-                correct += int(np.count_nonzero(self._classify(z) == np.asarray(yb).reshape(len(z))))
+                correct += int(np.count_nonzero(self.classify(z) == np.asarray(yb).reshape(len(z))))
         result = {"loss": total / max(len(x), 1)}
         if classify:
             result["accuracy"] = correct / max(len(x), 1)

@@ -142,7 +142,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     history = loop.run()
     if x_test is not None and y_test is not None:
         history.test = evaluate(net, x_test, y_test)
-        loop.progress.line(_test_line(history.test))
+        loop.progress.line(test_line(history.test))
     if run is not None:
         _write_curves(run, history.rows)
     return history
@@ -307,7 +307,6 @@ class _Loop:
         order = self.idx[rng.permutation(len(self.idx))]
         t0 = time.perf_counter()
         loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
-        watch = _LogitWatch(net) if self.classify else None
         # overflow/invalid warnings are replaced by our own finite checks (DivergenceError)
         errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
         errstate.__enter__()
@@ -326,14 +325,12 @@ class _Loop:
                 k = len(rows)
                 loss_sum += loss * k
                 seen += k
-                if watch is not None:
-                    correct += watch.correct(yb)
+                if self.classify:  # running accuracy from this batch's logits: no second forward
+                    correct += int(np.count_nonzero(net.classify(net.last_logits) == yb.reshape(k)))
                 self.progress.step(e, self.epochs, i + 1, steps, loss_sum / seen,
-                                   correct / seen if watch else None, time.perf_counter() - t0)
+                                   correct / seen if self.classify else None, time.perf_counter() - t0)
         finally:
             errstate.__exit__(None, None, None)
-            if watch is not None:
-                watch.close()
         self._check_weights(e, steps)
         row: dict[str, float] = {"epoch": e + 1, "lr": lr, "loss": loss_sum / seen,
                                  "accuracy": correct / seen if self.classify else None}
@@ -406,31 +403,6 @@ class _Loop:
         atomic_write_text(self.run_dir / HISTORY, History(st.rows).to_csv())
 
 
-class _LogitWatch:
-    """Counts correct predictions of the training batches by observing the logits the loss receives.
-
-    Net.loss_and_grads hands the logits to ``net.loss_fn``; wrapping it for the epoch
-    gives the running training accuracy without a second forward pass.
-    """
-
-    def __init__(self, net: Any) -> None:
-        self.net, self.inner = net, net.loss_fn
-        self.pred: np.ndarray | None = None
-        net.loss_fn = self._loss
-
-    def _loss(self, z, y, *args, **kw):
-        self.pred = (z.reshape(len(z)) > 0) if z.ndim == 1 or z.shape[-1] == 1 else z.argmax(axis=-1)
-        return self.inner(z, y, *args, **kw)
-
-    def correct(self, y: np.ndarray) -> int:
-        if self.pred is None:
-            return 0
-        return int(np.count_nonzero(self.pred == np.asarray(y).reshape(len(y))))
-
-    def close(self) -> None:
-        self.net.loss_fn = self.inner
-
-
 # --- progress ------------------------------------------------------------------------------
 
 
@@ -492,7 +464,7 @@ def _epoch_line(epoch: int, epochs: int, row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _test_line(test: dict[str, float]) -> str:
+def test_line(test: dict[str, float]) -> str:
     if "accuracy" in test:
         return f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}"
     return f"test loss {test['loss']:.4f}"
