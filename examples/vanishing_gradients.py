@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args(argv)
     with_bn = SPEC.read_text()
-    without_bn = "\n".join(line for line in with_bn.splitlines() if line.strip() != "batchnorm")
+    without_bn = "\n".join(line for line in with_bn.splitlines() if not line.strip().startswith("batchnorm"))
     return {"batchnorm": run(with_bn, "with batch norm", args.limit, args.epochs),
             "plain": run(without_bn, "without batch norm", args.limit, args.epochs)}
 

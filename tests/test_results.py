@@ -83,7 +83,7 @@ def test_batchnorm_cures_vanishing_gradients_in_deep_sigmoid_net():
         import vanishing_gradients
     finally:
         sys.path.pop(0)
-    r = vanishing_gradients.main(["--limit", "4000", "--epochs", "1"])
+    r = vanishing_gradients.main(["--limit", "10000", "--epochs", "1"])
     plain, bn = r["plain"], r["batchnorm"]
     # Without batch norm the first layer's gradient is far smaller than the last one's ...
     assert plain["first"] / plain["last"] < 1e-3
