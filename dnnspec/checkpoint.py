@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import ir
+from . import fileio, ir
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -40,24 +40,12 @@ FORMAT_VERSION = 1
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then os.replace it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Atomic write into a run folder (created when missing): see dnnspec.fileio."""
+    return fileio.atomic_write(path, write, make_parents=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return fileio.atomic_write_text(path, text, make_parents=True)
 
 
 def _encode_meta(meta: Mapping[str, Any]) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,22 +173,10 @@ def _show(ax, img: np.ndarray, lo: float, hi: float) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temp file in the same folder, then rename)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write the figure ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UsageError(f"{path}: cannot write the figure ({e.strerror or e})") from None
-        raise
-    return path
+    """Write ``fig`` as PNG to ``path`` atomically (dnnspec.fileio), creating its folder."""
+    from .fileio import atomic_write
+
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"), make_parents=True)
 
 
 def _have_matplotlib() -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,25 +198,7 @@ def check_model(proto: Any, outputs: list[tuple[str, tuple[int, ...]]]) -> Any:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to ``path`` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: cannot create a file in {folder} ({e.strerror}); "
-                         "check the folder's write permission or choose another path") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {e.strerror}") from None
-    return path
+    """Write bytes to ``path`` atomically; a missing folder or no permission is a UsageError."""
+    from ..fileio import atomic_write_bytes
+
+    return atomic_write_bytes(path, data)

@@ -1,0 +1,61 @@
+"""Atomic file writes: a temporary file beside the target, fsync, then ``os.replace``.
+
+A reader never sees a half-written checkpoint, model or figure, and an interrupted write
+leaves the previous file intact. Failures a user can fix (missing folder, no
+permission, a folder where a file should be) raise a one-line ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import UsageError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], *,
+                 make_parents: bool = False) -> Path:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``.
+
+    make_parents: create missing folders (run folders); otherwise a missing folder is
+    the user's mistake and is reported as such.
+    """
+    path = Path(path)
+    folder = path.parent
+    if make_parents:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: cannot create the folder {folder} ({e.strerror})") from None
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; give a file name inside it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: cannot create a file in {folder} ({e.strerror}); "
+                         "check the folder's write permission or choose another path") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, make_parents: bool = False) -> Path:
+    return atomic_write(path, lambda f: f.write(data), make_parents=make_parents)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, make_parents: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), make_parents=make_parents)

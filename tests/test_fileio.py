@@ -1,0 +1,41 @@
+"""Atomic writes: the old file survives a failed write; user-fixable failures are one-line errors."""
+
+import pytest
+
+from dnnspec.errors import UsageError
+from dnnspec.fileio import atomic_write, atomic_write_text
+
+
+def test_replaces_content_and_leaves_no_temp_file(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "good")
+
+    def boom(f):
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(p, boom)
+    assert p.read_text() == "good"
+    assert [f.name for f in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_missing_folder_is_a_usage_error_unless_asked_to_create(tmp_path):
+    target = tmp_path / "no" / "such" / "model.onnx"
+    with pytest.raises(UsageError, match="the folder .* does not exist"):
+        atomic_write_text(target, "x")
+    atomic_write_text(target, "x", make_parents=True)
+    assert target.read_text() == "x"
+
+
+def test_a_folder_in_the_way_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="it is a folder"):
+        atomic_write_text(tmp_path, "x")
