@@ -81,8 +81,8 @@ def test_cnn_shapes_by_hand():
     assert shapes["conv1"] == (32, 28, 28) and shapes["maxpool1"] == (32, 14, 14)
     assert shapes["maxpool2"] == (64, 7, 7) and shapes["flatten1"] == (64 * 7 * 7,)
     assert m.layer("conv2").param("kernel").shape == (64, 32, 3, 3)
-    assert [s.kind for s in m.augment] == ["flip", "translate"]
-    assert m.augment[1].options["amount"] == (2.0, "px")
+    assert [s.kind for s in m.augment] == ["flip"]
+    assert m.augment[0].options == {"direction": "horizontal", "p": 0.5}
 
 
 def test_defaults_when_statements_are_missing():
