@@ -40,6 +40,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], 
         raise UsageError(f"cannot write {path}: cannot create a file in {folder} ({e.strerror}); "
                          "check the folder's write permission or choose another path") from None
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; a model must be readable like any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -51,6 +52,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], 
             raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     return path
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 less the process umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, make_parents: bool = False) -> Path:

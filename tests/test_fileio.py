@@ -39,3 +39,14 @@ def test_missing_folder_is_a_usage_error_unless_asked_to_create(tmp_path):
 def test_a_folder_in_the_way_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="it is a folder"):
         atomic_write_text(tmp_path, "x")
+
+
+def test_new_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "m.onnx", "x")
+    finally:
+        os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o644
