@@ -145,17 +145,25 @@ CONV_CASES = [
 ]
 
 
-def conv_op(case, dtype=np.float64):
+def conv_op(case, dtype=np.float64, layout=None):
+    """The conv2d op of a case; ``layout`` ("unfold" or "rows") overrides the op's choice by K."""
     in_shape, filters, kernel, stride, padding, bias = case
     pad = list(padding) if isinstance(padding, tuple) else padding
-    return make_op("conv2d", in_shape, dtype, filters=filters, kernel=list(kernel), stride=list(stride),
-                   padding=pad, bias=bias)
+    op, layer = make_op("conv2d", in_shape, dtype, filters=filters, kernel=list(kernel), stride=list(stride),
+                        padding=pad, bias=bias)
+    if layout is not None:
+        op.layout = layout
+    return op, layer
 
 
+LAYOUTS = ["unfold", "rows"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_forward_matches_naive_loops(case):
+def test_conv_forward_matches_naive_loops(case, layout):
     rng = np.random.default_rng(1)
-    op, layer = conv_op(case)
+    op, layer = conv_op(case, layout=layout)
     params = conv_params(layer, rng)
     x = rng.standard_normal((3,) + case[0])
     y = op.forward(x, params, False, None)
@@ -164,10 +172,11 @@ def test_conv_forward_matches_naive_loops(case):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_gradients_match_finite_differences(case):
+def test_conv_gradients_match_finite_differences(case, layout):
     rng = np.random.default_rng(2)
-    op, layer = conv_op(case)
+    op, layer = conv_op(case, layout=layout)
     check_grads(op, rng.standard_normal((2,) + case[0]), conv_params(layer, rng), rng)
 
 
@@ -186,11 +195,12 @@ def test_conv_matches_scipy_correlate():
             np.testing.assert_allclose(y[n, f], ref, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_float32_default_and_need_dx_false():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_float32_default_and_need_dx_false(layout):
     rng = np.random.default_rng(4)
     case = ((3, 8, 8), 5, (3, 3), (1, 1), "same", True)
-    op32, layer = conv_op(case, np.float32)
-    op64, _ = conv_op(case)
+    op32, layer = conv_op(case, np.float32, layout)
+    op64, _ = conv_op(case, layout=layout)
     params = conv_params(layer, rng)
     x = rng.standard_normal((4, 3, 8, 8))
     y32 = op32.forward(x.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}, True, None)
@@ -208,10 +218,11 @@ def test_conv_float32_default_and_need_dx_false():
         np.testing.assert_allclose(g32[name], g64[name], rtol=1e-4, atol=1e-3)
 
 
-def test_conv_reused_buffers_stay_correct_across_batch_sizes():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_reused_buffers_stay_correct_across_batch_sizes(layout):
     """Buffers are reused while the batch shape repeats: alternate sizes, compare each time."""
     rng = np.random.default_rng(5)
-    op, layer = conv_op(((2, 6, 6), 3, (3, 3), (2, 1), "same", True))
+    op, layer = conv_op(((2, 6, 6), 3, (3, 3), (2, 1), "same", True), layout=layout)
     params = conv_params(layer, rng)
     k, b = params["conv1.kernel"], params["conv1.bias"]
     for n in (4, 3, 4, 4, 1):
@@ -231,9 +242,10 @@ def test_conv_reused_buffers_stay_correct_across_batch_sizes():
         np.testing.assert_allclose(dx, ones_grad, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_accepts_nchw_contiguous_and_nhwc_memory():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_accepts_nchw_contiguous_and_nhwc_memory(layout):
     rng = np.random.default_rng(6)
-    op, layer = conv_op(((3, 5, 5), 2, (3, 3), (1, 1), "valid", True))
+    op, layer = conv_op(((3, 5, 5), 2, (3, 3), (1, 1), "valid", True), layout=layout)
     params = conv_params(layer, rng)
     x = rng.standard_normal((2, 3, 5, 5))
     x_nhwc_memory = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)

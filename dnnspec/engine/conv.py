@@ -125,10 +125,18 @@ class Conv2D(_WindowOp):
     offset-major) and dx is col2im of dcols: one strided add per kernel offset.
     """
 
+    #: Layers with at most this many kernel taps (K = C*kh*kw) use the per-example layout.
+    UNFOLD_MAX_K = 32
+
     def __init__(self, layer: Layer, dtype: Any = np.float32):
         super().__init__(layer, dtype)
         self.filters = layer.out_shape[0]
         self.has_bias = bool(self.opts.get("bias", True))
+        c, (kh, kw) = self.in_chw[0], self.kernel
+        # "unfold" (few taps, e.g. the first layer of a network on 1-3 channels): the GEMM is
+        # memory-bound and its (F, N*P) result would cost a full transpose to reach NCHW, so
+        # one small GEMM per example writes NCHW directly. "rows" (many taps): one big GEMM.
+        self.layout = "unfold" if c * kh * kw <= self.UNFOLD_MAX_K else "rows"
 
     def _im2col(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) -> cols (N*OH*OW, kh*kw*C), via a padded NHWC copy and one strided copy."""
@@ -145,6 +153,8 @@ class Conv2D(_WindowOp):
     def forward(self, x, params, training, rng):
         """x: (N, C, H, W) -> y (N, F, OH, OW)."""
         x = self._check(x)
+        if self.layout == "unfold":
+            return self._forward_unfold(x, params)
         n, f, p = x.shape[0], self.filters, self.out_hw[0] * self.out_hw[1]
         kernel = params[self.key("kernel")].astype(self.dtype, copy=False)
         wmat = self.buf("wmat", (f, kernel[0].size))  # (F, K), columns (i, j, c) like cols
@@ -162,6 +172,8 @@ class Conv2D(_WindowOp):
 
     def backward(self, dy, params, grads):
         """dy: (N, F, OH, OW) -> dx (N, C, H, W), or None when need_dx is False."""
+        if self.layout == "unfold":
+            return self._backward_unfold(dy, grads)
         n, cols, wmat = self._saved
         f, c, (kh, kw) = self.filters, self.in_chw[0], self.kernel
         dyfm = self.buf("dyfm", (f, cols.shape[0]))  # (F, N*P)
@@ -191,6 +203,58 @@ class Conv2D(_WindowOp):
         dx = self.buf("dx", (n,) + self.in_chw)
         np.copyto(dx, self._interior(dxp, (1, 2)).transpose(0, 3, 1, 2))
         return dx
+
+    # --- "unfold" layout: per-example GEMMs on cols (N, K+1, P), NCHW in and out ---------
+
+    def _forward_unfold(self, x: np.ndarray, params) -> np.ndarray:
+        """y[n] (F, P) = wmat (F, K+1) @ cols[n] (K+1, P) for every n, in one np.matmul call.
+
+        cols rows are the taps in kernel order (c, i, j), then (with a bias) a row of ones
+        written once when the buffer is made, so that the bias column of wmat adds the bias
+        inside the GEMM and the backward's dW gets db as its last column. The output lands
+        in NCHW order as it is computed: no transpose, no separate bias pass.
+        """
+        n, f = x.shape[0], self.filters
+        c, (kh, kw), (sh, sw), (oh, ow) = self.in_chw[0], self.kernel, self.stride, self.out_hw
+        k, k1, p = c * kh * kw, c * kh * kw + self.has_bias, oh * ow
+        wmat = self.buf("wmat", (f, k1))
+        np.copyto(wmat[:, :k], params[self.key("kernel")].reshape(f, k))  # casts to our dtype
+        if self.has_bias:
+            np.copyto(wmat[:, k], params[self.key("bias")])
+        cols = self.buf("cols", (n, k1, oh, ow), fill=1.0)  # row k stays 1.0 (bias row)
+        xp = self._padded_nchw(x, 0.0)
+        s_n, s_c, s_h, s_w = xp.strides
+        # ONE strided copy; its innermost runs are OW contiguous floats of an input row (sw = 1).
+        win = as_strided(xp, (n, c, kh, kw, oh, ow), (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw), writeable=False)
+        np.copyto(cols[:, :k].reshape(n, c, kh, kw, oh, ow), win)  # splitting axis 1: a view
+        cols = cols.reshape(n, k1, p)
+        y = self.buf("y", (n, f, oh, ow))
+        np.matmul(wmat, cols, out=y.reshape(n, f, p))
+        self._saved = (n, cols, wmat)
+        return y
+
+    def _backward_unfold(self, dy: np.ndarray, grads) -> np.ndarray | None:
+        """dW = sum_n dy[n] (F, P) @ cols[n].T, db its last column; dcols[n] = wmat.T @ dy[n]; col2im."""
+        n, cols, wmat = self._saved
+        f, k1 = wmat.shape
+        c, (kh, kw), (oh, ow) = self.in_chw[0], self.kernel, self.out_hw
+        k = c * kh * kw
+        dyr = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, f, oh * ow)
+        # (N, F, K+1) partial products, then a sum over N of small matrices (N*F*(K+1) floats).
+        dwn = np.matmul(dyr, cols.transpose(0, 2, 1), out=self.buf("dwn", (n, f, k1)))
+        dw = np.sum(dwn, axis=0, out=self.buf("dw", (f, k1)))
+        np.copyto(_grad_slot(grads, self.key("kernel"), (f, c, kh, kw), self.dtype).reshape(f, k), dw[:, :k])
+        if self.has_bias:
+            np.copyto(_grad_slot(grads, self.key("bias"), (f,), self.dtype), dw[:, k])
+        if not self.need_dx:
+            return None
+        dcols = np.matmul(wmat[:, :k].T, dyr, out=self.buf("dcols", (n, k, oh * ow)))
+        d6 = dcols.reshape(n, c, kh, kw, oh, ow)
+        dxp = self.buf("dxp", (n, c) + self.padded_hw)
+        dxp.fill(0)
+        for i, j, view in _window_views(dxp, self.kernel, self.stride, self.out_hw):
+            view += d6[:, :, i, j]
+        return self._unpad(dxp)
 
 
 @register("maxpool")
