@@ -5,11 +5,17 @@ Arrays at the op boundary are NCHW and C-contiguous, as everywhere in the engine
 outputs and input gradients live in per-op buffers reused while the batch shape
 repeats: an array ``forward``/``backward`` returns is valid until the op's next call.
 
-conv2d works on an NHWC copy of its (padded) input, where the channels of a pixel are
-contiguous, so that im2col is a single strided copy whose innermost runs are ``kw*C``
-floats long, and the convolution is ONE matrix multiply
-``Y (F, N*OH*OW) = Wmat (F, kh*kw*C) @ cols.T``. The ``(F, N, OH*OW)`` result goes to
-NCHW by a copy of contiguous ``OH*OW`` blocks that also adds the bias.
+conv2d has two layouts, picked by the number of taps K = C*kh*kw (``Conv2D.layout``):
+
+* "rows" (K > 32, e.g. the second conv of a CNN): an NHWC copy of the (padded) input,
+  where the channels of a pixel are contiguous, so that im2col is a single strided copy
+  whose innermost runs are ``kw*C`` floats long, and the convolution is ONE matrix
+  multiply ``Y (F, N*OH*OW) = Wmat (F, kh*kw*C) @ cols.T``. The ``(F, N, OH*OW)`` result
+  goes to NCHW by a copy of contiguous ``OH*OW`` blocks that also adds the bias.
+* "unfold" (K <= 32, e.g. a first layer on 1-3 channels): cols ``(N, K+1, OH*OW)`` from
+  NCHW with a constant row of ones, and one batched matmul ``y[n] = Wmat (F, K+1) @ cols[n]``
+  writes NCHW directly with the bias included (such a GEMM is memory-bound: the transpose
+  a single big GEMM needs would cost more than the GEMM).
 
 Padding follows ONNX: explicit ``(top, left, bottom, right)`` pads from
 :func:`dnnspec.shapes.conv_pads`; ``same`` is SAME_UPPER (the odd pixel goes at the
