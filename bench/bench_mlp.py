@@ -88,6 +88,52 @@ def gemm_bound(n: int, batch: int, reps: int = 200) -> tuple[float, float]:
     return total_s, total_flop / 1e9
 
 
+def torch_epoch(x: np.ndarray, y: np.ndarray, epochs: int = 3) -> tuple[float, str] | None:
+    """Median epoch of the same MLP in PyTorch (CPU, this process's threads), or None without torch.
+
+    Same recipe: uint8 batches scaled by 1/255 inside the step, Adam lr 1e-3, batch 128,
+    reshuffled each epoch. torch is never a dependency; it is timed only when importable.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    times = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        for idx in torch.randperm(len(xt)).split(BATCH):
+            xb = xt[idx].float().mul_(1 / 255)
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(xb), yt[idx]).backward()
+            opt.step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def adam_floor(net: Net, steps: int) -> float:
+    """Seconds per epoch of the Adam update alone (the optimizer's elementwise passes), measured here."""
+    from dnnspec.engine.optim import make_optimizer
+
+    opt = make_optimizer(net.model.optimizer, net.params, net.trainable)
+    grads = {k: np.full_like(net.params[k], 1e-3) for k in net.trainable}
+    params = {k: v.copy() for k, v in net.params.items()}
+    for _ in range(5):
+        opt.step(params, grads, 1e-3)
+    t = time.perf_counter()
+    for _ in range(200):
+        opt.step(params, grads, 1e-3)
+    return (time.perf_counter() - t) / 200 * steps
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -112,6 +158,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--random", action="store_true", help="random data instead of Fashion-MNIST")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison even when torch imports")
     args = p.parse_args()
 
     x, y, what = load(args.random, args.limit)
@@ -135,6 +182,13 @@ def main() -> int:
           f"ratio {med / bound:.2f}x (target <= 1.6x)")
     print(f"epoch 1 vs epoch {len(secs)}: {secs[0]:.3f} s vs {secs[-1]:.3f} s (ratio {secs[-1] / secs[0]:.2f})")
     print(f"final training loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}")
+    steps = -(-len(x) // BATCH)
+    floor = adam_floor(net, steps)
+    print(f"Adam update alone: {floor:.3f} s per epoch ({floor / bound:.2f}x the GEMM bound by itself)")
+    ref = None if args.no_torch else torch_epoch(x, y)
+    if ref is not None:
+        print(f"PyTorch ({ref[1]}): median epoch {ref[0]:.3f} s, {ref[0] / bound:.2f}x the GEMM bound; "
+              f"dnnspec / PyTorch = {med / ref[0]:.2f}")
     print(f"peak RSS {rss:.0f} MiB (before training {rss0:.0f} MiB; data {x.nbytes / 2**20:.0f} MiB; "
           f"growth {rss - rss0:.0f} MiB, budget data + 300 MiB)")
     return 0
