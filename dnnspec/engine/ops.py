@@ -104,7 +104,11 @@ class ReLU(BufferedOp):
 
 
 class _AlphaOp(BufferedOp):
-    """Shared by leaky ReLU and ELU: alpha is a constant, or learned per layer / per channel."""
+    """Leaky ReLU and ELU: y = max(x, 0) + alpha g(min(x, 0)), alpha constant or learned.
+
+    With m = min(x, 0): dalpha = sum dy g(m) (per layer or per channel) and
+    dx = dy * (1 if x >= 0 else alpha g'(m)). Subclasses give g (in place) and g'.
+    """
 
     def __init__(self, layer: Any, dtype: Any = np.float32):
         super().__init__(layer, dtype)
@@ -118,62 +122,55 @@ class _AlphaOp(BufferedOp):
         a = params[self.ka]
         return a.reshape(channel_shape(a.size, ndim))
 
+    def g(self, m: np.ndarray) -> np.ndarray:
+        """The negative part g(m), computed in place on m = min(x, 0)."""
+        raise NotImplementedError
 
-@register("leaky_relu")
-class LeakyReLU(_AlphaOp):
-    """y = x if x >= 0 else alpha x  =  max(x, 0) + alpha min(x, 0).
-
-    dx = dy * (1 if x >= 0 else alpha);  dalpha = sum dy * min(x, 0) (PReLU).
-    """
+    def dg(self, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """g'(m) written into ``out``, from g(m)."""
+        raise NotImplementedError
 
     def forward(self, x, params, training, rng):
         a = self.alpha(params, x.ndim)
-        self.neg = np.minimum(x, 0, out=self.buf("neg", x.shape))
+        self.neg = self.g(np.minimum(x, 0, out=self.buf("neg", x.shape)))
         self.pos = np.greater_equal(x, 0, out=self.buf("pos", x.shape, np.bool_))
         y = np.multiply(self.neg, a, out=self.buf("y", x.shape))
         y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
         return y
 
     def backward(self, dy, params, grads):
-        a = self.alpha(params, dy.ndim)
         if self.learn:
             prod = np.multiply(dy, self.neg, out=self.buf("tmp", dy.shape))
             _reduce_to(prod, grad_out(grads, self.ka, params[self.ka]))
         if not self.need_dx:
             return None
-        slope = self.buf("slope", dy.shape)
-        slope[...] = a
+        slope = self.dg(self.neg, self.buf("slope", dy.shape))
+        slope *= self.alpha(params, dy.ndim)
         np.copyto(slope, 1, where=self.pos)
         return np.multiply(dy, slope, out=self.buf("dx", dy.shape))
+
+
+@register("leaky_relu")
+class LeakyReLU(_AlphaOp):
+    """y = x if x >= 0 else alpha x: g(m) = m, g'(m) = 1; learned alpha is PReLU."""
+
+    def g(self, m):
+        return m
+
+    def dg(self, g, out):
+        out.fill(1)
+        return out
 
 
 @register("elu")
 class ELU(_AlphaOp):
-    """y = x if x >= 0 else alpha (e^x - 1)  =  max(x, 0) + alpha expm1(min(x, 0)).
+    """y = x if x >= 0 else alpha (e^x - 1): g(m) = expm1(m), g'(m) = e^m = g(m) + 1."""
 
-    dx = dy * (1 if x >= 0 else alpha e^x);  dalpha = sum dy * expm1(min(x, 0)).
-    """
+    def g(self, m):
+        return np.expm1(m, out=m)
 
-    def forward(self, x, params, training, rng):
-        a = self.alpha(params, x.ndim)
-        e = np.minimum(x, 0, out=self.buf("e", x.shape))
-        self.e = np.expm1(e, out=e)
-        self.pos = np.greater_equal(x, 0, out=self.buf("pos", x.shape, np.bool_))
-        y = np.multiply(self.e, a, out=self.buf("y", x.shape))
-        y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
-        return y
-
-    def backward(self, dy, params, grads):
-        a = self.alpha(params, dy.ndim)
-        if self.learn:
-            prod = np.multiply(dy, self.e, out=self.buf("tmp", dy.shape))
-            _reduce_to(prod, grad_out(grads, self.ka, params[self.ka]))
-        if not self.need_dx:
-            return None
-        slope = np.add(self.e, 1, out=self.buf("slope", dy.shape))
-        slope *= a
-        np.copyto(slope, 1, where=self.pos)
-        return np.multiply(dy, slope, out=self.buf("dx", dy.shape))
+    def dg(self, g, out):
+        return np.add(g, 1, out=out)
 
 
 def stable_sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
