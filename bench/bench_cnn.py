@@ -147,22 +147,22 @@ def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, 
     """Median forward and backward seconds per op (training mode), for finding hot spots."""
     net = Net(model, seed=0)
     h0 = net._prepare(x, False)
-    fwd = {op.name: [] for op in net.body}
-    bwd = {op.name: [] for op in net.body}
+    fwd = {op.name: [] for op in net.run_body}
+    bwd = {op.name: [] for op in net.run_body}
     rng = np.random.default_rng(0)
     for _ in range(steps + 2):
         h = h0
-        for op in net.body:
+        for op in net.run_body:
             t0 = time.perf_counter()
             h = op.forward(h, net.params, True, rng)
             fwd[op.name].append(time.perf_counter() - t0)
         _, d = net.loss_fn(h, y)
-        for op in reversed(net.body[net._first:]):
+        for op in reversed(net.run_body[net._first:]):
             t0 = time.perf_counter()
             d = op.backward(d, net.params, net.grads)
             bwd[op.name].append(time.perf_counter() - t0)
     return [(op.name, statistics.median(fwd[op.name][2:]),
-             statistics.median(bwd[op.name][2:]) if bwd[op.name] else 0.0) for op in net.body]
+             statistics.median(bwd[op.name][2:]) if bwd[op.name] else 0.0) for op in net.run_body]
 
 
 # --- PyTorch, when installed -------------------------------------------------------------

@@ -263,3 +263,42 @@ def test_compile_from_path_and_text():
         assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.params[k], c.params[k])
     with pytest.raises(DnnspecError):
         dnnspec.compile("missing-file.dnn")
+
+
+@pytest.mark.parametrize("pool", [
+    {"kernel": 2},                                            # 2x2/2 (the tiled fast path)
+    {"kernel": 3, "stride": 2},                               # overlapping windows, floor
+    {"kernel": 3, "stride": 1, "padding": 1},                 # padded, heavy overlap
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_maxpool_run_as_maxpool_relu_gives_identical_results(monkeypatch, pool, dtype):
+    """Net runs relu -> maxpool as maxpool -> relu; forward and every gradient are unchanged.
+
+    Integer inputs and weights make exact ties (inside windows and between windows' maxima)
+    and windows whose max is negative or zero, where the gradient must be 0.
+    """
+    model = ir.model_from_layers((2, 7, 7), [
+        ("conv2d", {"filters": 3, "kernel": 1}), ("relu", {}), ("maxpool", pool),
+        ("flatten", {}), ("dense", {"units": 4}), ("softmax", {})])
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, (6, 2, 7, 7)).astype(dtype)
+    y = rng.integers(0, 4, 6)
+    kernel = rng.integers(-2, 3, (3, 2, 1, 1))
+    results = []
+    for commute in (False, True):
+        monkeypatch.setattr(Net, "commute_relu_maxpool", commute)
+        net = Net(model, dtype=dtype, seed=1)
+        net.params["conv1.kernel"][...] = kernel
+        net.params["conv1.bias"][...] = [0, -1, 1]
+        kinds = [op.layer.kind for op in net.run_body]
+        assert kinds[1:3] == (["maxpool", "relu"] if commute else ["relu", "maxpool"])
+        assert [op.layer.kind for op in net.body][1:3] == ["relu", "maxpool"]  # layer order kept
+        loss, grads = net.loss_and_grads(x, y)
+        results.append((net.forward(x), net.logits(x), loss, {k: v.copy() for k, v in grads.items()}))
+    (p0, z0, l0, g0), (p1, z1, l1, g1) = results
+    assert (g0["conv1.kernel"] != 0).any() and l0 == l1
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_array_equal(z0, z1)
+    assert sorted(g0) == sorted(g1)
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)

@@ -11,6 +11,11 @@ fused into one affine map per channel, ``x * a + b`` with ``a = scale/std`` and
 
 A final softmax (with cross_entropy) or sigmoid (with binary_cross_entropy) is the
 *head*: ``logits`` stops before it and ``loss_and_grads`` fuses it with the loss.
+
+Execution order: ``net.ops``/``net.body`` are the layers in spec order; the passes run
+``net.run_ops``/``net.run_body``, the same ops in the same order except that a relu
+directly followed by a maxpool runs AFTER it, on the smaller pooled tensor (see
+:func:`_commute_relu_maxpool`). Names, params, checkpoints and export do not change.
 """
 
 from __future__ import annotations
@@ -40,6 +45,29 @@ def _load_ops() -> None:
             raise
 
 
+def _commute_relu_maxpool(ops: list[base.Op]) -> list[base.Op]:
+    """``ops`` with every (relu, maxpool) pair run as (maxpool, relu): the same results, less work.
+
+    relu(maxpool(x)) == maxpool(relu(x)) exactly, as relu is monotone and every window
+    holds at least one real pixel (pads < kernel). Gradients agree too: the maxpool routes
+    a window's dy to its first maximum in row-major order; where the max is > 0 that is the
+    same input in both orders (relu keeps positive values and their order) and the relu
+    mask there is 1; where the max is <= 0 both give dx = 0 for the whole window (relu
+    first: the mask is 0 wherever relu(x) = 0; relu last: its output, hence dy, is 0).
+    """
+    out = list(ops)
+    i = 0
+    while i + 1 < len(out):
+        a, b = out[i], out[i + 1]
+        if (a.layer.kind == "relu" and b.layer.kind == "maxpool"
+                and max(b.pads[0], b.pads[2]) < b.kernel[0] and max(b.pads[1], b.pads[3]) < b.kernel[1]):
+            out[i], out[i + 1] = b, a
+            i += 2
+        else:
+            i += 1
+    return out
+
+
 def _compile(layer: ir.Layer, dtype: np.dtype) -> base.Op:
     if layer.kind not in base.OPS:
         raise SpecError(Diagnostic(f"layer {layer.name}: the engine has no implementation of '{layer.kind}' yet",
@@ -49,6 +77,9 @@ def _compile(layer: ir.Layer, dtype: np.dtype) -> base.Op:
 
 class Net:
     """A compiled network: ``params`` (every array by IR name), ``trainable``, passes, fit/save."""
+
+    #: Run relu -> maxpool pairs as maxpool -> relu (an internal execution order; see the module doc).
+    commute_relu_maxpool = True
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
         self.dtype = np.dtype(dtype)
@@ -60,6 +91,9 @@ class Net:
         head_kind = HEADS.get(model.loss.kind)
         self.head = self.ops[-1] if self.ops and self.ops[-1].layer.kind == head_kind else None
         self.body = self.ops[:-1] if self.head is not None else list(self.ops)
+        reorder = _commute_relu_maxpool if self.commute_relu_maxpool else list
+        self.run_body = reorder(self.body)  # what the passes run; the head (not a relu) stays last
+        self.run_ops = self.run_body + [self.head] if self.head is not None else self.run_body
         self.loss_fn = LOSSES[model.loss.kind]
         self.rng = np.random.default_rng(model.train["seed"] if seed is None else seed)
         self.params: dict[str, np.ndarray] = {}
@@ -148,23 +182,23 @@ class Net:
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
         """Raw input (N, *input.shape) -> outputs (N, *output_shape), after the final activation."""
-        h = self._run(self.ops, x, training, (rng or self.rng) if training else None)
+        h = self._run(self.run_ops, x, training, (rng or self.rng) if training else None)
         return np.array(h, copy=True)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Like forward (evaluation mode) without the final softmax/sigmoid."""
-        return np.array(self._run(self.body, x, False, None), copy=True)
+        return np.array(self._run(self.run_body, x, False, None), copy=True)
 
     def _first_with_grads(self) -> int:
-        """Index of the first op that owns a trainable parameter; backward stops there."""
+        """Index in ``run_body`` of the first op that owns a trainable parameter; backward stops there."""
         owners = {name.rsplit(".", 1)[0] for name in self.trainable}
-        for op in self.body:
+        for op in self.run_body:
             op.need_dx = True
-        for i, op in enumerate(self.body):
+        for i, op in enumerate(self.run_body):
             if op.name in owners:
                 op.need_dx = False
                 return i
-        return len(self.body)
+        return len(self.run_body)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray,
                        rng: np.random.Generator | None = None) -> tuple[float, dict[str, np.ndarray]]:
@@ -175,10 +209,10 @@ class Net:
         ``net.last_logits`` holds this batch's logits (N, K) until the next pass, for
         running accuracy.
         """
-        z = self._run(self.body, x, True, rng or self.rng, reuse=True)
+        z = self._run(self.run_body, x, True, rng or self.rng, reuse=True)
         self.last_logits = z
         loss, d = self.loss_fn(z, y, out=self._buf("dlogits", z.shape))
-        for op in reversed(self.body[self._first:]):
+        for op in reversed(self.run_body[self._first:]):
             d = op.backward(d, self.params, self.grads)
         return loss, self.grads
 
@@ -186,7 +220,7 @@ class Net:
 
     def _batches(self, x: np.ndarray, batch: int):
         for i in range(0, len(x), batch):
-            yield i, self._run(self.body, x[i:i + batch], False, None, reuse=True)
+            yield i, self._run(self.run_body, x[i:i + batch], False, None, reuse=True)
 
     def classify(self, z: np.ndarray) -> np.ndarray:
         """Logits (N, K) -> class ids: argmax, or logit > 0 (probability > 1/2) for binary."""
