@@ -80,8 +80,8 @@ def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
 def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, float, object]]:
     """(label, FLOPs, matmul thunk) for every matmul of one training step, as the engine calls it.
 
-    conv2d: Y (F, M) = W (F, K) @ cols.T; dW = dY (F, M) @ cols (M, K); dcols = dY.T @ W as one
-    matmul call with W viewed (kh*kw, F, C), written offset-major (kh*kw, M, C).
+    conv2d: Y (F, M) = W (F, K) @ cols.T (K > 32: Y.T (M, F) = cols @ W.T); dW = dY (F, M) @ cols (M, K);
+    dcols = dY.T @ W as one matmul call with W viewed (kh*kw, F, C), written offset-major (kh*kw, M, C).
     dense: y = x W, dW = x.T dy, dx = dy W.T. The first layer with parameters skips dx.
     K = kh*kw*C, M = N*OH*OW. Operands are random float32 arrays of those shapes and layouts.
     """
@@ -100,7 +100,8 @@ def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, float, object]]:
             f, c, kh, kw = layer.param("kernel").shape
             k, m = c * kh * kw, batch * layer.out_shape[1] * layer.out_shape[2]
             w, cols, dy = arr(f, k), arr(m, k), arr(f, m)
-            gemms += [(f"{layer.name} fwd", 2.0 * f * k * m, mm(w, cols.T)),
+            fwd = mm(cols, w.T) if k > 32 else mm(w, cols.T)  # "rows" layout: Y.T = cols @ W.T
+            gemms += [(f"{layer.name} fwd", 2.0 * f * k * m, fwd),
                       (f"{layer.name} dW", 2.0 * f * k * m, mm(dy, cols))]
             if not first:
                 w_offsets = w.reshape(f, kh * kw, c).transpose(1, 0, 2)

@@ -10,8 +10,8 @@ conv2d has two layouts, picked by the number of taps K = C*kh*kw (``Conv2D.layou
 * "rows" (K > 32, e.g. the second conv of a CNN): an NHWC copy of the (padded) input,
   where the channels of a pixel are contiguous, so that im2col is a single strided copy
   whose innermost runs are ``kw*C`` floats long, and the convolution is ONE matrix
-  multiply ``Y (F, N*OH*OW) = Wmat (F, kh*kw*C) @ cols.T``. The ``(F, N, OH*OW)`` result
-  goes to NCHW by a copy of contiguous ``OH*OW`` blocks that also adds the bias.
+  multiply ``Y.T (N*OH*OW, F) = cols @ Wmat.T`` (Wmat ``(F, kh*kw*C)``). The NHWC
+  ``(N, OH*OW, F)`` result goes to NCHW by one transposing copy that also adds the bias.
 * "unfold" (K <= 32, e.g. a first layer on 1-3 channels): cols ``(N, K+1, OH*OW)`` from
   NCHW with a constant row of ones, and one batched matmul ``y[n] = Wmat (F, K+1) @ cols[n]``
   writes NCHW directly with the bias included (such a GEMM is memory-bound: the transpose
@@ -126,7 +126,8 @@ class Conv2D(_WindowOp):
 
     with xp the zero-padded input. As matrices (M = N*OH*OW, K = kh*kw*C):
     ``cols (M, K)`` holds the receptive fields (rows (n, r, s), columns (i, j, c)),
-    ``wmat (F, K)`` the kernel, and ``Y (F, M) = wmat @ cols.T``. Backward with
+    ``wmat (F, K)`` the kernel, and ``Y (F, M) = wmat @ cols.T`` (computed as its
+    transpose ``cols @ wmat.T``, NHWC). Backward with
     ``dY (F, M)``: ``dW = dY @ cols``, ``db = dY @ 1``, ``dcols = dY.T @ wmat`` (stored
     offset-major) and dx is col2im of dcols: one strided add per kernel offset.
     """
@@ -166,9 +167,11 @@ class Conv2D(_WindowOp):
         wmat = self.buf("wmat", (f, kernel[0].size))  # (F, K), columns (i, j, c) like cols
         np.copyto(wmat.reshape(f, *self.kernel, -1), kernel.transpose(0, 2, 3, 1))
         cols = self._im2col(x)
-        yfm = np.matmul(wmat, cols.T, out=self.buf("yfm", (f, cols.shape[0])))
+        # Y.T (M, F) = cols @ wmat.T, i.e. NHWC: ~12% faster than wmat @ cols.T (F, M) here, which
+        # more than pays for the (N, P, F) -> (N, F, P) transpose that adds the bias (measured).
+        ymf = np.matmul(cols, wmat.T, out=self.buf("ymf", (cols.shape[0], f)))
         y = self.buf("y", (n, f) + self.out_hw)
-        blocks = yfm.reshape(f, n, p).transpose(1, 0, 2)  # (N, F, P) view, contiguous P-blocks
+        blocks = ymf.reshape(n, p, f).transpose(0, 2, 1)  # (N, F, P) view
         if self.has_bias:
             np.add(blocks, params[self.key("bias")].astype(self.dtype, copy=False)[:, None], out=y.reshape(n, f, p))
         else:
