@@ -38,28 +38,27 @@ def test_spirals_cli_reaches_097(tmp_path, capsys):
     assert "test accuracy" in out
 
 
+def _train_subset(spec: str, run: Path, limit: int, epochs: int, n_test: int) -> float:
+    """Train ``spec`` on the first ``limit`` training images; test accuracy on the first ``n_test``."""
+    assert main(["train", str(ROOT / "specs" / spec), "--out", str(run), "--limit", str(limit),
+                 "--epochs", str(epochs), "--progress", "none"]) == 0
+    net = dnnspec.load(run / "best.npz")
+    data = load_data("fashion-mnist", net.model)
+    return net.evaluate(data.x_test[:n_test], data.y_test[:n_test])["accuracy"]
+
+
 @needs_fashion
 @pytest.mark.slow
 def test_fashion_mlp_subset_learns(tmp_path):
-    run = tmp_path / "mlp"
-    assert main(["train", str(ROOT / "specs/fashion_mlp.dnn"), "--out", str(run), "--limit", "6000",
-                 "--epochs", "3", "--progress", "none"]) == 0
-    net = dnnspec.load(run / "best.npz")
-    data = load_data("fashion-mnist", net.model)
-    acc = net.evaluate(data.x_test[:3000], data.y_test[:3000])["accuracy"]
+    acc = _train_subset("fashion_mlp.dnn", tmp_path / "mlp", limit=6000, epochs=3, n_test=3000)
     assert acc > 0.78                       # chance is 0.10
-    assert float(_final_row(run)["val_accuracy"]) > 0.75
+    assert float(_final_row(tmp_path / "mlp")["val_accuracy"]) > 0.75
 
 
 @needs_fashion
 @pytest.mark.slow
 def test_fashion_cnn_subset_learns_with_augmentation(tmp_path):
-    run = tmp_path / "cnn"
-    assert main(["train", str(ROOT / "specs/fashion_cnn.dnn"), "--out", str(run), "--limit", "5000",
-                 "--epochs", "3", "--progress", "none"]) == 0
-    net = dnnspec.load(run / "best.npz")
-    data = load_data("fashion-mnist", net.model)
-    acc = net.evaluate(data.x_test[:2000], data.y_test[:2000])["accuracy"]
+    acc = _train_subset("fashion_cnn.dnn", tmp_path / "cnn", limit=5000, epochs=3, n_test=2000)
     assert acc > 0.70                       # chance is 0.10
 
 
