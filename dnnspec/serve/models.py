@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
+from ..export.predictor import providers_for
 from .protocol import ORT_TYPES, InferenceError, TensorSpec
 
 PLATFORM = "onnxruntime_onnx"
@@ -118,21 +119,6 @@ class Repository:
 
 def latest(versions: dict[str, ServedModel]) -> str:
     return max(versions, key=int)
-
-
-def providers_for(provider: str) -> list[str]:
-    """onnxruntime execution providers for ``--provider``; UsageError if CUDA is not there."""
-    import onnxruntime as ort
-
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    if provider != "cuda":
-        raise UsageError(f"unknown provider '{provider}'; choose cpu or cuda")
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in available:
-        raise UsageError("--provider cuda needs the onnxruntime-gpu package (pip install onnxruntime-gpu); "
-                         f"this onnxruntime offers {available}")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def find_models(path: str | Path) -> list[tuple[str, str, Path]]:
