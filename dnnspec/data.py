@@ -174,8 +174,8 @@ def _read_npz(path: Path) -> Dataset:
                    name=path.stem, path=str(path))
 
 
-def _read_csv(path: Path, column: str) -> Dataset:
-    """A CSV file: numeric rows, optional header; ``column`` names the label column(s)."""
+def read_csv_table(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    """(header or None, float64 table (rows, columns)) of a numeric CSV file, gzipped or not."""
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
@@ -186,11 +186,19 @@ def _read_csv(path: Path, column: str) -> Dataset:
         raise DataError(f"{path}: the CSV file is empty")
     header = _csv_header(lines[0])
     body = lines[1:] if header else lines
+    if not body:
+        raise DataError(f"{path}: the CSV file has a header but no rows of numbers")
     try:
         table = np.loadtxt(body, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise DataError(f"{path}: not a numeric CSV table ({e}); every row after the header must hold "
                         f"the same number of numbers") from None
+    return header, table
+
+
+def _read_csv(path: Path, column: str) -> Dataset:
+    """A CSV file: numeric rows, optional header; ``column`` names the label column(s)."""
+    header, table = read_csv_table(path)
     cols = _label_columns(path, column, header, table.shape[1])
     keep = [i for i in range(table.shape[1]) if i not in cols]
     y = table[:, cols[0]] if len(cols) == 1 else table[:, cols]
@@ -486,4 +494,4 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 __all__ = ["BUILTINS", "FASHION_CLASSES", "Dataset", "blobs", "check_data", "digits", "fashion_mnist",
-           "load_data", "moons", "read_idx", "read_source", "spirals"]
+           "load_data", "moons", "read_csv_table", "read_idx", "read_source", "spirals"]

@@ -138,6 +138,12 @@ def test_input_formats_give_the_same_predictions(tmp_path, image_model):
     (tmp_path / "x.txt").write_text("1,2")
     with pytest.raises(UsageError, match="unknown input format"):
         load_inputs(tmp_path / "x.txt", IMG)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n3,oops\n")
+    with pytest.raises(DataError, match=r"bad\.csv: not a numeric CSV table"):
+        load_inputs(tmp_path / "bad.csv", IMG)
+    (tmp_path / "header_only.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="header but no rows of numbers"):
+        load_inputs(tmp_path / "header_only.csv", IMG)
 
 
 def test_cli_prints_and_writes(tmp_path, vector_model, capsys):

@@ -218,29 +218,9 @@ def _read_npz(path: Path) -> np.ndarray:
 
 def _read_csv(path: Path) -> np.ndarray:
     """Numbers separated by commas, one example per row; a first row that is not numeric is a header."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if lines and not _numeric_row(lines[0]):
-        lines = lines[1:]
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        try:
-            rows.append([float(v) for v in line.split(",")])
-        except ValueError:
-            raise DataError(f"{path}: row {i} is not all numbers: {line[:60]!r}") from None
-    widths = {len(r) for r in rows}
-    if len(widths) > 1:
-        raise DataError(f"{path}: rows have different numbers of values ({sorted(widths)})")
-    if not rows:
-        raise DataError(f"{path}: no rows of numbers")
-    return np.asarray(rows, dtype=np.float32)
+    from ..data import read_csv_table
 
-
-def _numeric_row(line: str) -> bool:
-    try:
-        [float(v) for v in line.split(",")]
-        return True
-    except ValueError:
-        return False
+    return read_csv_table(path)[1].astype(np.float32)
 
 
 def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
