@@ -31,6 +31,7 @@ from .schema import (
     Int,
     OptionError,
 )
+from .shapes import fmt_shape
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REPEAT = 1000
@@ -96,10 +97,6 @@ def did_you_mean(word: str, choices: Any, what: str) -> str:
 def _name_span(arg: Arg) -> Span:
     s = arg.span
     return Span(s.file, s.line, s.col, s.line, s.col + len(arg.name or ""))
-
-
-def _fmt_shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 @dataclasses.dataclass
@@ -436,7 +433,7 @@ class _Builder:
         self._no_args(s, "'augment'")
         if inp is not None and inp.kind != "image":
             self.error("augment needs an image input, but the input is a vector "
-                       f"{_fmt_shape(inp.shape)}", s.head_span,
+                       f"{fmt_shape(inp.shape)}", s.head_span,
                        "remove the augment block, or declare input image[C, H, W]")
         steps, seen = [], {}
         for op in s.body or ():
@@ -625,7 +622,7 @@ class _Builder:
         last = layers[-1]
         out = last.out_shape
         if len(out) != 1:
-            self.error(f"the network ends with shape {_fmt_shape(out)}, but its output must be a vector",
+            self.error(f"the network ends with shape {fmt_shape(out)}, but its output must be a vector",
                        last.span, "end with flatten (or global_avgpool) and a dense layer")
             return
         want = {"cross_entropy": task.classes, "binary_cross_entropy": 1, "mse": task.targets}[loss.kind]

@@ -15,13 +15,14 @@ from .ir import ParamSpec
 Shape = tuple[int, ...]
 
 
-def _fmt(shape: Shape) -> str:
+def fmt_shape(shape: Shape) -> str:
+    """[1, 28, 28]: how messages show a per-example shape."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _need_image(kind: str, shape: Shape) -> None:
     if len(shape) != 3:
-        raise ShapeError(f"{kind} needs an image input (C, H, W), but the input here has shape {_fmt(shape)}",
+        raise ShapeError(f"{kind} needs an image input (C, H, W), but the input here has shape {fmt_shape(shape)}",
                          hint="use image[C, H, W] input, or dense layers for vectors")
 
 
@@ -57,7 +58,7 @@ def _window(kind: str, opts: dict[str, Any], shape: Shape) -> Shape:
     sh, sw = opts["stride"]
     t, left, b, r = conv_pads(opts, h, w)
     if kh > h + t + b or kw > w + left + r:
-        raise ShapeError(f"{kind} kernel {kh}x{kw} is larger than its input {h}x{w} (shape {_fmt(shape)})",
+        raise ShapeError(f"{kind} kernel {kh}x{kw} is larger than its input {h}x{w} (shape {fmt_shape(shape)})",
                          hint="use a smaller kernel, padding=same, or remove a pooling layer before it",
                          option="kernel")
     if kind != "conv2d" and (t >= kh or left >= kw):
@@ -65,7 +66,7 @@ def _window(kind: str, opts: dict[str, Any], shape: Shape) -> Shape:
     oh = conv_out_side(h, kh, sh, t, b)
     ow = conv_out_side(w, kw, sw, left, r)
     if oh <= 0 or ow <= 0:
-        raise ShapeError(f"{kind} shrinks the input {_fmt(shape)} to nothing", option="kernel")
+        raise ShapeError(f"{kind} shrinks the input {fmt_shape(shape)} to nothing", option="kernel")
     out_c = opts["filters"] if kind == "conv2d" else c
     return (out_c, oh, ow)
 
@@ -74,7 +75,7 @@ def out_shape(kind: str, opts: dict[str, Any], shape: Shape) -> Shape:
     """The output shape of one layer, or ShapeError."""
     if kind == "dense":
         if len(shape) != 1:
-            raise ShapeError(f"dense needs a vector input, but the input here has shape {_fmt(shape)}",
+            raise ShapeError(f"dense needs a vector input, but the input here has shape {fmt_shape(shape)}",
                              hint="add 'flatten' (or 'global_avgpool') before this dense layer")
         return (opts["units"],)
     if kind in ("conv2d", "maxpool", "avgpool"):
@@ -88,7 +89,7 @@ def out_shape(kind: str, opts: dict[str, Any], shape: Shape) -> Shape:
             n *= d
         return (n,)
     if kind == "softmax" and len(shape) != 1:
-        raise ShapeError(f"softmax needs a vector input, but the input here has shape {_fmt(shape)}",
+        raise ShapeError(f"softmax needs a vector input, but the input here has shape {fmt_shape(shape)}",
                          hint="add 'flatten' and a dense layer before softmax")
     return shape
 

@@ -58,6 +58,19 @@ def register(*kinds: str):
     return deco
 
 
+def grad_out(grads: dict[str, np.ndarray], key: str, like: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """The gradient array for ``key``: the one in ``grads`` if it fits ``like`` (and ``dtype``), else a new one.
+
+    Ops write gradients in place into the arrays the net preallocated, so a training
+    step allocates nothing; a missing or misfit entry (ops driven directly) is created.
+    """
+    dt = like.dtype if dtype is None else np.dtype(dtype)
+    g = grads.get(key)
+    if g is None or g.shape != like.shape or g.dtype != dt:
+        g = grads[key] = np.empty(like.shape, dt)
+    return g
+
+
 class Op:
     """Base of every engine op. Subclasses override forward and backward."""
 

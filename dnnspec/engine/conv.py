@@ -44,7 +44,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..ir import Layer
 from ..shapes import conv_pads
-from .base import Op, register
+from .base import Op, grad_out, register
 
 
 def _window_views(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -62,14 +62,6 @@ def _window_views(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, in
             index[axes[0]] = slice(i, i + sh * (oh - 1) + 1, sh)
             index[axes[1]] = slice(j, j + sw * (ow - 1) + 1, sw)
             yield i, j, xp[tuple(index)]
-
-
-def _grad_slot(grads: dict[str, np.ndarray], key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """The gradient array for ``key``, overwritten in place when ``grads`` already has one that fits."""
-    g = grads.get(key)
-    if g is None or g.shape != shape or g.dtype != dtype:
-        g = grads[key] = np.empty(shape, dtype=dtype)
-    return g
 
 
 class _WindowOp(Op):
@@ -182,16 +174,16 @@ class Conv2D(_WindowOp):
     def backward(self, dy, params, grads):
         """dy: (N, F, OH, OW) -> dx (N, C, H, W), or None when need_dx is False."""
         if self.layout == "unfold":
-            return self._backward_unfold(dy, grads)
+            return self._backward_unfold(dy, params, grads)
         n, cols, wmat = self._saved
         f, c, (kh, kw) = self.filters, self.in_chw[0], self.kernel
         dyfm = self.buf("dyfm", (f, cols.shape[0]))  # (F, N*P)
         np.copyto(dyfm.reshape(f, n, -1), dy.reshape(n, f, -1).transpose(1, 0, 2))
         dw = np.matmul(dyfm, cols, out=self.buf("dw", wmat.shape))
-        dk = _grad_slot(grads, self.key("kernel"), (f, c, kh, kw), self.dtype)
+        dk = grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype)
         np.copyto(dk, dw.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
         if self.has_bias:
-            np.sum(dyfm, axis=1, out=_grad_slot(grads, self.key("bias"), (f,), self.dtype))
+            np.sum(dyfm, axis=1, out=grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype))
         if not self.need_dx:
             return None
         # dcols = dY.T @ wmat, written offset-major: (kh*kw, M, C), one (M, F) @ (F, C) block per
@@ -242,7 +234,7 @@ class Conv2D(_WindowOp):
         self._saved = (n, cols, wmat)
         return y
 
-    def _backward_unfold(self, dy: np.ndarray, grads) -> np.ndarray | None:
+    def _backward_unfold(self, dy: np.ndarray, params, grads) -> np.ndarray | None:
         """dW = sum_n dy[n] (F, P) @ cols[n].T, db its last column; dcols[n] = wmat.T @ dy[n]; col2im."""
         n, cols, wmat = self._saved
         f, k1 = wmat.shape
@@ -252,9 +244,9 @@ class Conv2D(_WindowOp):
         # (N, F, K+1) partial products, then a sum over N of small matrices (N*F*(K+1) floats).
         dwn = np.matmul(dyr, cols.transpose(0, 2, 1), out=self.buf("dwn", (n, f, k1)))
         dw = np.sum(dwn, axis=0, out=self.buf("dw", (f, k1)))
-        np.copyto(_grad_slot(grads, self.key("kernel"), (f, c, kh, kw), self.dtype).reshape(f, k), dw[:, :k])
+        np.copyto(grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype).reshape(f, k), dw[:, :k])
         if self.has_bias:
-            np.copyto(_grad_slot(grads, self.key("bias"), (f,), self.dtype), dw[:, k])
+            np.copyto(grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype), dw[:, k])
         if not self.need_dx:
             return None
         dcols = np.matmul(wmat[:, :k].T, dyr, out=self.buf("dcols", (n, k, oh * ow)))

@@ -16,19 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import Op, register
+from .base import Op, grad_out, register
 
 
 class BufferedOp(Op):
     """An op with named scratch arrays (``self.buf``, see base.Scratch) reused across calls."""
-
-
-def grad_out(grads: dict[str, np.ndarray], key: str, like: np.ndarray) -> np.ndarray:
-    """The gradient array for ``key``: the one in ``grads`` if it fits ``like``, else a new one."""
-    g = grads.get(key)
-    if g is None or g.shape != like.shape or g.dtype != like.dtype:
-        g = grads[key] = np.empty_like(like)
-    return g
 
 
 def channel_shape(param_size: int, ndim: int) -> tuple[int, ...]:

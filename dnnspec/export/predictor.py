@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, DataError, UsageError
+from ..shapes import fmt_shape
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -133,7 +130,7 @@ class Predictor:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
     def __repr__(self) -> str:
-        return f"Predictor({str(self.path)!r}, input {_fmt(self.input_shape)}, outputs {self.output_names})"
+        return f"Predictor({str(self.path)!r}, input {fmt_shape(self.input_shape)}, outputs {self.output_names})"
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +159,8 @@ def coerce_input(x: Any, shape: tuple[int, ...], source: str = "input") -> np.nd
         raise DataError(f"{source}: {x.shape[1]} features per row, but the model expects {shape[0]} "
                         f"(input shape [N, {shape[0]}])")
     else:
-        raise DataError(f"{source}: input of shape {_fmt(x.shape)} does not fit the model, which expects "
-                        f"[N, {', '.join(map(str, shape))}] (N examples of shape {_fmt(shape)})")
+        raise DataError(f"{source}: input of shape {fmt_shape(x.shape)} does not fit the model, which expects "
+                        f"[N, {', '.join(map(str, shape))}] (N examples of shape {fmt_shape(shape)})")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x.sum(dtype=np.float64)):  # finite iff every value is (float64 cannot overflow here)
         raise DataError(f"{source}: inputs contain NaN or inf")
@@ -230,7 +227,7 @@ def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     except ImportError:
         raise UsageError("reading images needs Pillow: pip install 'dnnspec[images]'") from None
     if len(shape) != 3 or shape[0] not in (1, 3):
-        raise DataError(f"{path}: the model's input {_fmt(shape)} is not a 1- or 3-channel image")
+        raise DataError(f"{path}: the model's input {fmt_shape(shape)} is not a 1- or 3-channel image")
     c, h, w = shape
     try:
         with Image.open(path) as img:
