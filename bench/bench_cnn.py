@@ -18,7 +18,7 @@ so the ratio is meaningful even on a busy machine; absolute times are not.
 When PyTorch is importable, the same network (same layers, Adam, float32, CPU) is
 timed the same way and reported beside it; it is never a dependency.
 
-    python bench/bench_cnn.py [--steps 15] [--batch 128] [--n 60000] [--profile] [--no-torch]
+    python bench/bench_cnn.py [--rounds 5] [--steps 15] [--batch 128] [--n 60000] [--profile] [--no-torch]
 """
 
 from __future__ import annotations
@@ -80,12 +80,19 @@ def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
 def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, float, object]]:
     """(label, FLOPs, matmul thunk) for every matmul of one training step, as the engine calls it.
 
-    conv2d: Y (F, M) = W (F, K) @ cols.T (K > 32: Y.T (M, F) = cols @ W.T); dW = dY (F, M) @ cols (M, K);
-    dcols = dY.T @ W as one matmul call with W viewed (kh*kw, F, C), written offset-major (kh*kw, M, C).
+    The shapes and operand layouts come from the compiled ops (``Net``), so the bound
+    follows the engine: K = kh*kw*C taps (+1 where the bias rides in the GEMM), M = N*P
+    output pixels, where P leaves out the pixels a following max pool floors away (the
+    engine does not compute them; see Conv2D.feed_pool).
+
+    conv2d "rows": Y.T (M, F) = cols (M, K) @ W.T; dW = dY.T.T @ cols; dcols = dY.T @ W as one
+    matmul with W viewed (kh*kw, F, C). "unfold" feeding a pool: Y (F, M) = W (F, K+1) @ cols
+    (K+1, M); dW = dY @ cols.T; dcols = W.T @ dY. Plain "unfold": the same per example (batched).
     dense: y = x W, dW = x.T dy, dx = dy W.T. The first layer with parameters skips dx.
-    K = kh*kw*C, M = N*OH*OW. Operands are random float32 arrays of those shapes and layouts.
+    Operands are random float32 arrays of those shapes and layouts.
     """
     rng = np.random.default_rng(0)
+    net = Net(model, seed=0)
 
     def arr(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
@@ -95,17 +102,26 @@ def step_gemms(model: ir.Model, batch: int) -> list[tuple[str, float, object]]:
         return lambda: np.matmul(a, b, out=out)
 
     gemms, first = [], True
-    for layer in model.layers:
+    for op in net.run_body:
+        layer = op.layer
         if layer.kind == "conv2d":
             f, c, kh, kw = layer.param("kernel").shape
-            k, m = c * kh * kw, batch * layer.out_shape[1] * layer.out_shape[2]
-            w, cols, dy = arr(f, k), arr(m, k), arr(f, m)
-            fwd = mm(cols, w.T) if k > 32 else mm(w, cols.T)  # "rows" layout: Y.T = cols @ W.T
-            gemms += [(f"{layer.name} fwd", 2.0 * f * k * m, fwd),
-                      (f"{layer.name} dW", 2.0 * f * k * m, mm(dy, cols))]
+            k, p = c * kh * kw, op._npix()
+            m, flops = batch * p, 2.0 * f * c * kh * kw * batch * p
+            if op.layout == "rows":
+                w, cols, dyt = arr(f, k), arr(m, k), arr(m, f)
+                calls = [mm(cols, w.T), mm(dyt.T, cols), mm(dyt[None], w.reshape(f, kh * kw, c).transpose(1, 0, 2))]
+            elif op.pool is not None:
+                k1 = k + op.has_bias
+                w, cols, dy = arr(f, k1), arr(k1, m), arr(f, m)
+                calls = [mm(w, cols), mm(dy, cols.T), mm(w[:, :k].T, dy)]
+            else:
+                k1 = k + op.has_bias
+                w, cols, dy = arr(f, k1), arr(batch, k1, p), arr(batch, f, p)
+                calls = [mm(w, cols), mm(dy, cols.transpose(0, 2, 1)), mm(w[:, :k].T, dy)]
+            gemms += [(f"{layer.name} fwd", flops, calls[0]), (f"{layer.name} dW", flops, calls[1])]
             if not first:
-                w_offsets = w.reshape(f, kh * kw, c).transpose(1, 0, 2)
-                gemms.append((f"{layer.name} dx", 2.0 * f * k * m, mm(dy.T[None], w_offsets)))
+                gemms.append((f"{layer.name} dx", flops, calls[2]))
         elif layer.kind == "dense":
             i, o = layer.param("kernel").shape
             x, w, dy = arr(batch, i), arr(i, o), arr(batch, o)
@@ -133,7 +149,8 @@ def gemm_bound(model: ir.Model, batch: int, repeats: int = 9) -> tuple[float, fl
 # --- the engine ------------------------------------------------------------------------
 
 
-def engine_step_time(model: ir.Model, x, y, steps: int) -> list[float]:
+def engine_stepper(model: ir.Model, x, y):
+    """One training step of the engine (``Net.loss_and_grads`` + Adam) as a callable."""
     net = Net(model, seed=0)
     opt = Adam(net.params, net.trainable, lr=1e-3)
 
@@ -141,7 +158,7 @@ def engine_step_time(model: ir.Model, x, y, steps: int) -> list[float]:
         _, grads = net.loss_and_grads(x, y)
         opt.step(net.params, grads)
 
-    return time_steps(step, steps)
+    return step
 
 
 def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, float]]:
@@ -169,7 +186,8 @@ def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, 
 # --- PyTorch, when installed -------------------------------------------------------------
 
 
-def torch_step_time(x, y, steps: int) -> list[float] | None:
+def torch_stepper(x, y):
+    """One training step of the same network in PyTorch (CPU, its default threads), or None without torch."""
     try:
         import torch
     except ImportError:
@@ -191,9 +209,8 @@ def torch_step_time(x, y, steps: int) -> list[float] | None:
         loss.backward()
         opt.step()
 
-    times = time_steps(step, steps)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    return times
+    step.version = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,36 +220,56 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=60000, help="examples per epoch")
     ap.add_argument("--profile", action="store_true", help="also print forward/backward time per op")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds; each times the engine, then PyTorch, then the GEMMs, one after the other")
     args = ap.parse_args(argv)
 
     batches = -(-args.n // args.batch)
     model = ir.model_from_layers((1, 28, 28), LAYERS, scale=1 / 255)
     x, y = load_batches(args.batch, np.random.default_rng(0))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}; "
-          f"batch {args.batch}, {batches} batches/epoch, median of {args.steps} steps")
+          f"batch {args.batch}, {batches} batches/epoch; {args.rounds} rounds of {args.steps} steps each")
 
-    step_s = statistics.median(engine_step_time(model, x, y, args.steps))
-    bound_s, flops, rows = gemm_bound(model, args.batch)
+    engine = engine_stepper(model, x, y)
+    torch_step = None if args.no_torch else torch_stepper(x, y)
+    # Rounds alternate the engine, PyTorch and the GEMM bound, so each round's ratios compare
+    # times taken within seconds of each other: this machine's speed drifts by +-20% between
+    # minutes (other tenants), which a single engine run followed by a single PyTorch run
+    # would put into the ratio. Each block starts with 2 untimed warm-up steps.
+    e_round, t_round, b_round, rows = [], [], [], None
+    for _ in range(args.rounds):
+        e_round.append(statistics.median(time_steps(engine, args.steps, 2)))
+        if torch_step is not None:
+            t_round.append(statistics.median(time_steps(torch_step, args.steps, 2)))
+        bound_s, flops, rows_r = gemm_bound(model, args.batch)
+        b_round.append(bound_s)
+        rows = rows if rows is not None else {label: [] for label, _ in rows_r}
+        for label, med in rows_r:
+            rows[label].append(med)
+    step_s, bound_s = statistics.median(e_round), statistics.median(b_round)
     epoch, bound = step_s * batches, bound_s * batches
     print(f"GEMM bound: {flops / 1e9:.2f} GFLOP/step at {flops / bound_s / 1e9:.0f} GFLOP/s -> {bound:.1f} s/epoch")
-    for label, med in rows:
-        print(f"    {label:<12} {med * 1e3:7.2f} ms")
-    print(f"dnnspec engine: {step_s * 1e3:.1f} ms/step -> {epoch:.1f} s/epoch, {epoch / bound:.2f}x the GEMM bound")
+    for label, meds in rows.items():
+        print(f"    {label:<12} {statistics.median(meds) * 1e3:7.2f} ms")
+    print(f"dnnspec engine: {step_s * 1e3:.1f} ms/step -> {epoch:.1f} s/epoch, {epoch / bound:.2f}x the GEMM bound "
+          f"(median of rounds; per round, x the bound: {' '.join(f'{e / b:.2f}' for e, b in zip(e_round, b_round))})")
 
     if args.profile:
         print("per op (ms): forward / backward")
         for name, f, b in engine_profile(model, x, y, args.steps):
             print(f"    {name:<10} {f * 1e3:7.2f} {b * 1e3:7.2f}")
 
-    if not args.no_torch:
-        times = torch_step_time(x, y, args.steps)
-        if times is None:
-            print("PyTorch not installed: skipped")
-        else:
-            t = statistics.median(times) * batches
-            print(f"PyTorch: {t / batches * 1e3:.1f} ms/step -> {t:.1f} s/epoch, {t / bound:.2f}x the GEMM bound; "
-                  f"dnnspec / PyTorch = {epoch / t:.2f}")
-
+    if args.no_torch:
+        return
+    if torch_step is None:
+        print("PyTorch not installed: skipped")
+        return
+    t = statistics.median(t_round) * batches
+    ratios = [e / t_ for e, t_ in zip(e_round, t_round)]
+    print(f"PyTorch ({torch_step.version}): {t / batches * 1e3:.1f} ms/step -> {t:.1f} s/epoch, "
+          f"{t / bound:.2f}x the GEMM bound")
+    print(f"dnnspec / PyTorch per round: {' '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f} (target <= 1)")
 
 if __name__ == "__main__":
     main()

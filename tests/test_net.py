@@ -285,6 +285,7 @@ def test_relu_maxpool_run_as_maxpool_relu_gives_identical_results(monkeypatch, p
     y = rng.integers(0, 4, 6)
     kernel = rng.integers(-2, 3, (3, 2, 1, 1))
     results = []
+    monkeypatch.setattr(Net, "fuse_conv_maxpool", False)  # its own test below; GEMM sums differ in float32
     for commute in (False, True):
         monkeypatch.setattr(Net, "commute_relu_maxpool", commute)
         net = Net(model, dtype=dtype, seed=1)
@@ -302,3 +303,69 @@ def test_relu_maxpool_run_as_maxpool_relu_gives_identical_results(monkeypatch, p
     assert sorted(g0) == sorted(g1)
     for k in g0:
         np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
+
+
+@pytest.mark.parametrize("conv,pool,shape", [
+    ({"filters": 3, "kernel": 3}, {"kernel": 2}, (1, 9, 9)),                           # unfold, odd size: floor
+    ({"filters": 3, "kernel": 3, "padding": "same"}, {"kernel": 2}, (2, 8, 8)),         # unfold, padded conv
+    ({"filters": 4, "kernel": 3, "stride": 2}, {"kernel": 3}, (2, 13, 11)),             # strided conv, 3x3 pool
+    ({"filters": 5, "kernel": [3, 2]}, {"kernel": [2, 3]}, (3, 9, 10)),                 # rectangular
+    ({"filters": 6, "kernel": 3}, {"kernel": 2}, (6, 9, 9)),                            # rows layout (K = 54)
+    ({"filters": 6, "kernel": 3, "bias": False}, {"kernel": 2}, (6, 8, 7)),             # rows, no bias
+    ({"filters": 3, "kernel": 2, "bias": False}, {"kernel": 2}, (2, 7, 7)),             # unfold, no bias
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv, pool, shape, dtype):
+    """A conv2d handing its output window-major to the maxpool after it (Net.fuse_conv_maxpool):
+    forward, loss and every gradient as with the plain NCHW hand-over; exact with integers.
+
+    Integer inputs and weights tie inside windows all the time (the first maximum in
+    row-major order must get the gradient), and every product is exact, so float64 results
+    must be identical; float32 may differ by the GEMMs' summation order only.
+    """
+    model = ir.model_from_layers(shape, [
+        ("conv2d", conv), ("relu", {}), ("maxpool", pool), ("conv2d", {"filters": 2, "kernel": 1}),
+        ("flatten", {}), ("dense", {"units": 3}), ("softmax", {})])
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, (5, *shape)).astype(dtype)
+    y = rng.integers(0, 3, 5)
+    results = []
+    for fuse in (False, True):
+        monkeypatch.setattr(Net, "fuse_conv_maxpool", fuse)
+        net = Net(model, dtype=dtype, seed=1)
+        kernel = net.params["conv1.kernel"]
+        kernel[...] = rng.integers(-2, 3, kernel.shape) if not results else results[0][4]
+        conv1 = net.run_body[0]
+        assert (conv1.pool is not None) == fuse and conv1.layout == ("rows" if shape[0] == 6 else "unfold")
+        loss, grads = net.loss_and_grads(x, y)
+        results.append((net.forward(x), net.logits(x), loss, {k: v.copy() for k, v in grads.items()},
+                        kernel.copy()))
+    (p0, z0, l0, g0, _), (p1, z1, l1, g1, _) = results
+    assert (g0["conv1.kernel"] != 0).any()
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(p1, p0, **tol)
+    np.testing.assert_allclose(z1, z0, **tol)
+    np.testing.assert_allclose(l1, l0, **tol)
+    assert sorted(g0) == sorted(g1)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], err_msg=k, **tol)
+
+
+def test_fused_conv_maxpool_pairs_match_finite_differences():
+    """conv (unfold) -> relu -> maxpool -> conv (rows) -> relu -> maxpool -> dense, both pairs fused, float64."""
+
+    model = ir.model_from_layers((2, 9, 9), [
+        ("conv2d", {"filters": 4, "kernel": 2}), ("relu", {}), ("maxpool", {"kernel": 2}),
+        ("conv2d", {"filters": 3, "kernel": 3, "padding": "same"}), ("relu", {}), ("maxpool", {"kernel": 2}),
+        ("flatten", {}), ("dense", {"units": 3}), ("softmax", {})])
+    net = Net(model, dtype=np.float64, seed=0)
+    assert [op.layout for op in net.run_body if op.layer.kind == "conv2d"] == ["unfold", "rows"]
+    assert all(op.pool is not None for op in net.run_body if op.layer.kind == "conv2d")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 9, 9))
+    y = rng.integers(0, 3, 3)
+    _, grads = net.loss_and_grads(x, y)
+    grads = {k: v.copy() for k, v in grads.items()}
+    for name in ("conv1.kernel", "conv1.bias", "conv2.kernel", "conv2.bias", "dense1.kernel"):
+        num = numeric_grad(lambda: net.loss_and_grads(x, y)[0], net.params[name])
+        assert rel_error(grads[name], num) < 1e-6, name

@@ -136,17 +136,52 @@ class Conv2D(_WindowOp):
         # memory-bound and its (F, N*P) result would cost a full transpose to reach NCHW, so
         # one small GEMM per example writes NCHW directly. "rows" (many taps): one big GEMM.
         self.layout = "unfold" if c * kh * kw <= self.UNFOLD_MAX_K else "rows"
+        # Output pixel order: (block, grid) = ((1, 1), (OH, OW)) is plain row-major NCHW;
+        # feed_pool() makes it pool-window-major for the tiling maxpool that consumes it.
+        self.block: tuple[int, int] = (1, 1)
+        self.grid: tuple[int, int] = self.out_hw
+        self.pool: MaxPool | None = None
+
+    def feed_pool(self, pool: MaxPool) -> None:
+        """Hand the output straight to ``pool`` (a maxpool with stride = kernel, no padding), window-major.
+
+        The output pixels are computed in the order (i, j, r, s) = (offset inside the pool
+        window, pooled row, pooled column) instead of row-major (r, c): each window offset
+        is then one contiguous block that the pool reduces with plain elementwise maxima,
+        and its gradient comes back in the same order, so neither side transposes or
+        scatters. Pixels that no window covers (an odd last row or column, which the pool
+        floors away) are not computed at all: nothing reads them, and their gradient is 0.
+        What the pool receives is no longer NCHW: ``(N, F, kk, gh*gw)`` ("unfold") or
+        ``(N, kk, gh*gw, F)`` without the bias ("rows"; the pool calls :meth:`finish`).
+        """
+        self.block, self.grid, self.pool = pool.kernel, pool.out_hw, pool
+        pool.producer = self
+
+    def _pixels(self, s_h: int, s_w: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shape and strides of the output pixels over an input with row/column strides s_h, s_w.
+
+        Pixel (i, j, r, s) reads input row sh*(i + ph*r), column sw*(j + pw*s); with the
+        plain order (block (1, 1)) that is (r, s) -> (sh*r, sw*s), row-major.
+        """
+        (ph, pw), (gh, gw), (sh, sw) = self.block, self.grid, self.stride
+        return (ph, pw, gh, gw), (sh * s_h, sw * s_w, ph * sh * s_h, pw * sw * s_w)
+
+    def _npix(self) -> int:
+        """Output pixels computed per example (all OH*OW of them unless a pool floors some away)."""
+        (ph, pw), (gh, gw) = self.block, self.grid
+        return ph * pw * gh * gw
 
     def _im2col(self, x: np.ndarray) -> np.ndarray:
-        """x (N, C, H, W) -> cols (N*OH*OW, kh*kw*C), via a padded NHWC copy and one strided copy."""
+        """x (N, C, H, W) -> cols (N*P, kh*kw*C) (P pixels: _pixels), via a padded NHWC copy and one strided copy."""
         n, c = x.shape[:2]
-        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        kh, kw = self.kernel
         xp = self.buf("xp", (n,) + self.padded_hw + (c,), fill=0.0)  # NHWC, border stays zero
         np.copyto(self._interior(xp, (1, 2)), x.transpose(0, 2, 3, 1))
-        cols = self.buf("cols", (n * oh * ow, kh * kw * c))
+        cols = self.buf("cols", (n * self._npix(), kh * kw * c))
         s_n, s_h, s_w, s_c = xp.strides
-        win = as_strided(xp, (n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c), writeable=False)
-        np.copyto(cols.reshape(n, oh, ow, kh, kw, c), win)
+        dims, strides = self._pixels(s_h, s_w)
+        win = as_strided(xp, (n, *dims, kh, kw, c), (s_n, *strides, s_h, s_w, s_c), writeable=False)
+        np.copyto(cols.reshape(n, *dims, kh, kw, c), win)
         return cols
 
     def forward(self, x, params, training, rng):
@@ -154,7 +189,7 @@ class Conv2D(_WindowOp):
         x = self._check(x)
         if self.layout == "unfold":
             return self._forward_unfold(x, params)
-        n, f, p = x.shape[0], self.filters, self.out_hw[0] * self.out_hw[1]
+        n, f = x.shape[0], self.filters
         kernel = params[self.key("kernel")].astype(self.dtype, copy=False)
         wmat = self.buf("wmat", (f, kernel[0].size))  # (F, K), columns (i, j, c) like cols
         np.copyto(wmat.reshape(f, *self.kernel, -1), kernel.transpose(0, 2, 3, 1))
@@ -162,13 +197,21 @@ class Conv2D(_WindowOp):
         # Y.T (M, F) = cols @ wmat.T, i.e. NHWC: ~12% faster than wmat @ cols.T (F, M) here, which
         # more than pays for the (N, P, F) -> (N, F, P) transpose that adds the bias (measured).
         ymf = np.matmul(cols, wmat.T, out=self.buf("ymf", (cols.shape[0], f)))
-        y = self.buf("y", (n, f) + self.out_hw)
-        blocks = ymf.reshape(n, p, f).transpose(0, 2, 1)  # (N, F, P) view
-        if self.has_bias:
-            np.add(blocks, params[self.key("bias")].astype(self.dtype, copy=False)[:, None], out=y.reshape(n, f, p))
-        else:
-            np.copyto(y.reshape(n, f, p), blocks)
         self._saved = (n, cols, wmat)
+        if self.pool is not None:  # the pool takes the maxima first, then calls finish() on 1/kk of it
+            (ph, pw), (gh, gw) = self.block, self.grid
+            return ymf.reshape(n, ph * pw, gh * gw, f)
+        return self.finish(ymf.reshape(n, -1, f), params)
+
+    def finish(self, ynhwc: np.ndarray, params) -> np.ndarray:
+        """("rows") (N, P, F) pre-bias outputs -> y (N, F, gh, gw) NCHW plus the bias: one transposing copy."""
+        n, f = ynhwc.shape[0], self.filters
+        y = self.buf("y", (n, f) + self.grid)
+        blocks = ynhwc.transpose(0, 2, 1)  # (N, F, P) view
+        if self.has_bias:
+            np.add(blocks, params[self.key("bias")].astype(self.dtype, copy=False)[:, None], out=y.reshape(n, f, -1))
+        else:
+            np.copyto(y.reshape(n, f, -1), blocks)
         return y
 
     def backward(self, dy, params, grads):
@@ -177,33 +220,99 @@ class Conv2D(_WindowOp):
             return self._backward_unfold(dy, params, grads)
         n, cols, wmat = self._saved
         f, c, (kh, kw) = self.filters, self.in_chw[0], self.kernel
-        dyfm = self.buf("dyfm", (f, cols.shape[0]))  # (F, N*P)
-        np.copyto(dyfm.reshape(f, n, -1), dy.reshape(n, f, -1).transpose(1, 0, 2))
-        dw = np.matmul(dyfm, cols, out=self.buf("dw", wmat.shape))
+        m = cols.shape[0]
+        if self.pool is not None:  # the pool's gradient is already dY.T, rows in the order of cols
+            dyt = dy.reshape(m, f)
+        else:
+            dyt = self.buf("dyt", (m, f))  # (N*P, F)
+            np.copyto(dyt.reshape(n, -1, f), dy.reshape(n, f, -1).transpose(0, 2, 1))
+        dw = np.matmul(dyt.T, cols, out=self.buf("dw", wmat.shape))
         dk = grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype)
         np.copyto(dk, dw.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
         if self.has_bias:
-            np.sum(dyfm, axis=1, out=grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype))
+            np.sum(dyt, axis=0, out=grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype))
         if not self.need_dx:
             return None
         # dcols = dY.T @ wmat, written offset-major: (kh*kw, M, C), one (M, F) @ (F, C) block per
         # kernel offset in one matmul call, so that col2im reads each offset's block contiguously.
         # It goes over cols, which is not needed any more.
-        m = cols.shape[0]
         w_offsets = wmat.reshape(f, kh * kw, c).transpose(1, 0, 2)  # (kh*kw, F, C) view
-        dcols = np.matmul(dyfm.T[None], w_offsets, out=cols.reshape(kh * kw, m, c))
+        dcols = np.matmul(dyt[None], w_offsets, out=cols.reshape(kh * kw, m, c))
         return self._col2im(dcols, n)
 
     def _col2im(self, dcols: np.ndarray, n: int) -> np.ndarray:
-        """dcols (kh*kw, N*OH*OW, C) -> dx (N, C, H, W): add each offset's block at its strided place."""
-        c, (oh, ow) = self.in_chw[0], self.out_hw
+        """dcols (kh*kw, N*P, C) -> dx (N, C, H, W): add each offset's block at its strided place."""
+        c, (kh, kw) = self.in_chw[0], self.kernel
         dxp = self.buf("dxp", (n,) + self.padded_hw + (c,))  # NHWC
+        s_n, s_h, s_w, s_c = dxp.strides
+        dims, strides = self._pixels(s_h, s_w)
         dxp.fill(0)
-        for o, (_, _, view) in enumerate(_window_views(dxp, self.kernel, self.stride, self.out_hw, (1, 2))):
-            view += dcols[o].reshape(n, oh, ow, c)
+        for o in range(kh * kw):
+            i, j = divmod(o, kw)
+            view = as_strided(dxp[:, i:, j:], (n, *dims, c), (s_n, *strides, s_c))
+            view += dcols[o].reshape(n, *dims, c)
         dx = self.buf("dx", (n,) + self.in_chw)
         np.copyto(dx, self._interior(dxp, (1, 2)).transpose(0, 3, 1, 2))
         return dx
+
+    # --- "unfold" layout feeding a pool: ONE GEMM on cols (K+1, M), M window-major -------------
+
+    def _wide_dims(self, s_n: int, s_h: int, s_w: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shape and strides of the M pixels (i, j, n, r, s) of the pool-fed "unfold" layout."""
+        (ph, pw, gh, gw), (t_i, t_j, t_r, t_s) = self._pixels(s_h, s_w)
+        return (ph, pw, 0, gh, gw), (t_i, t_j, s_n, t_r, t_s)
+
+    def _forward_wide(self, x: np.ndarray, params) -> np.ndarray:
+        """Y (F, M) = wmat (F, K+1) @ cols (K+1, M), M = N*P ordered (i, j, n, r, s): window offset first.
+
+        With a pool after it the per-example GEMMs of the plain "unfold" layout are not
+        needed to reach NCHW (the pool transposes 1/kk of the data, after its max), so one
+        GEMM over the whole batch does it, and each window offset's block ``Y[:, k]``
+        holds F long contiguous rows for the pool's elementwise maxima.
+        """
+        n, f = x.shape[0], self.filters
+        c, (kh, kw) = self.in_chw[0], self.kernel
+        k, k1 = c * kh * kw, c * kh * kw + self.has_bias
+        wmat = self.buf("wmat", (f, k1))
+        np.copyto(wmat[:, :k], params[self.key("kernel")].reshape(f, k))  # casts to our dtype
+        if self.has_bias:
+            np.copyto(wmat[:, k], params[self.key("bias")])
+        cols = self.buf("cols_wide", (k1, n * self._npix()), fill=1.0)  # row k stays 1.0 (bias row)
+        xp = self._padded_nchw(x, 0.0)
+        s_n, s_c, s_h, s_w = xp.strides
+        dims, strides = self._wide_dims(s_n, s_h, s_w)
+        dims = dims[:2] + (n,) + dims[3:]
+        win = as_strided(xp, (c, kh, kw, *dims), (s_c, s_h, s_w, *strides), writeable=False)
+        np.copyto(cols[:k].reshape(c, kh, kw, *dims), win)
+        y = np.matmul(wmat, cols, out=self.buf("y_wide", (f, cols.shape[1])))
+        self._saved = (n, cols, wmat)
+        return y
+
+    def _backward_wide(self, dy: np.ndarray, params, grads) -> np.ndarray | None:
+        """dY (F, M) from the pool: dW = dY @ cols.T (db its last column), dcols = wmat.T @ dY, col2im."""
+        n, cols, wmat = self._saved
+        f, k1 = wmat.shape
+        c, (kh, kw) = self.in_chw[0], self.kernel
+        k = c * kh * kw
+        dym = dy.reshape(f, -1)
+        dw = np.matmul(dym, cols.T, out=self.buf("dw", (f, k1)))
+        np.copyto(grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype).reshape(f, k), dw[:, :k])
+        if self.has_bias:
+            np.copyto(grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype), dw[:, k])
+        if not self.need_dx:
+            return None
+        dcols = np.matmul(wmat[:, :k].T, dym, out=self.buf("dcols_wide", (k, dym.shape[1])))
+        dxp = self.buf("dxp", (n, c) + self.padded_hw)
+        s_n, s_c, s_h, s_w = dxp.strides
+        dims, strides = self._wide_dims(s_n, s_h, s_w)
+        dims = dims[:2] + (n,) + dims[3:]
+        d = dcols.reshape(c, kh, kw, *dims)
+        dxp.fill(0)
+        for i in range(kh):
+            for j in range(kw):
+                view = as_strided(dxp[:, :, i:, j:], (c, *dims), (s_c, *strides))
+                view += d[:, i, j]
+        return self._unpad(dxp)
 
     # --- "unfold" layout: per-example GEMMs on cols (N, K+1, P), NCHW in and out ---------
 
@@ -215,32 +324,36 @@ class Conv2D(_WindowOp):
         inside the GEMM and the backward's dW gets db as its last column. The output lands
         in NCHW order as it is computed: no transpose, no separate bias pass.
         """
+        if self.pool is not None:
+            return self._forward_wide(x, params)
         n, f = x.shape[0], self.filters
-        c, (kh, kw), (sh, sw), (oh, ow) = self.in_chw[0], self.kernel, self.stride, self.out_hw
-        k, k1, p = c * kh * kw, c * kh * kw + self.has_bias, oh * ow
+        c, (kh, kw), (oh, ow) = self.in_chw[0], self.kernel, self.out_hw
+        k, k1, p = c * kh * kw, c * kh * kw + self.has_bias, self._npix()
         wmat = self.buf("wmat", (f, k1))
         np.copyto(wmat[:, :k], params[self.key("kernel")].reshape(f, k))  # casts to our dtype
         if self.has_bias:
             np.copyto(wmat[:, k], params[self.key("bias")])
-        cols = self.buf("cols", (n, k1, oh, ow), fill=1.0)  # row k stays 1.0 (bias row)
+        cols = self.buf("cols", (n, k1, p), fill=1.0)  # row k stays 1.0 (bias row)
         xp = self._padded_nchw(x, 0.0)
         s_n, s_c, s_h, s_w = xp.strides
-        # ONE strided copy; its innermost runs are OW contiguous floats of an input row (sw = 1).
-        win = as_strided(xp, (n, c, kh, kw, oh, ow), (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw), writeable=False)
-        np.copyto(cols[:, :k].reshape(n, c, kh, kw, oh, ow), win)  # splitting axis 1: a view
-        cols = cols.reshape(n, k1, p)
-        y = self.buf("y", (n, f, oh, ow))
-        np.matmul(wmat, cols, out=y.reshape(n, f, p))
+        dims, strides = self._pixels(s_h, s_w)
+        # ONE strided copy; in the plain order its innermost runs are OW contiguous floats of an input row (sw = 1).
+        win = as_strided(xp, (n, c, kh, kw, *dims), (s_n, s_c, s_h, s_w, *strides), writeable=False)
+        np.copyto(cols[:, :k].reshape(n, c, kh, kw, *dims), win)  # splitting axis 1: a view
+        y = self.buf("y", (n, f, p))
+        np.matmul(wmat, cols, out=y)
         self._saved = (n, cols, wmat)
-        return y
+        return y.reshape(n, f, oh, ow)
 
     def _backward_unfold(self, dy: np.ndarray, params, grads) -> np.ndarray | None:
         """dW = sum_n dy[n] (F, P) @ cols[n].T, db its last column; dcols[n] = wmat.T @ dy[n]; col2im."""
+        if self.pool is not None:
+            return self._backward_wide(dy, params, grads)
         n, cols, wmat = self._saved
         f, k1 = wmat.shape
-        c, (kh, kw), (oh, ow) = self.in_chw[0], self.kernel, self.out_hw
+        c, (kh, kw) = self.in_chw[0], self.kernel
         k = c * kh * kw
-        dyr = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, f, oh * ow)
+        dyr = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, f, -1)  # (N, F, P)
         # (N, F, K+1) partial products, then a sum over N of small matrices (N*F*(K+1) floats).
         dwn = np.matmul(dyr, cols.transpose(0, 2, 1), out=self.buf("dwn", (n, f, k1)))
         dw = np.sum(dwn, axis=0, out=self.buf("dw", (f, k1)))
@@ -249,12 +362,16 @@ class Conv2D(_WindowOp):
             np.copyto(grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype), dw[:, k])
         if not self.need_dx:
             return None
-        dcols = np.matmul(wmat[:, :k].T, dyr, out=self.buf("dcols", (n, k, oh * ow)))
-        d6 = dcols.reshape(n, c, kh, kw, oh, ow)
+        dcols = np.matmul(wmat[:, :k].T, dyr, out=self.buf("dcols", (n, k, dyr.shape[2])))
         dxp = self.buf("dxp", (n, c) + self.padded_hw)
         dxp.fill(0)
-        for i, j, view in _window_views(dxp, self.kernel, self.stride, self.out_hw):
-            view += d6[:, :, i, j]
+        s_n, s_c, s_h, s_w = dxp.strides
+        dims, strides = self._pixels(s_h, s_w)
+        d = dcols.reshape(n, c, kh, kw, *dims)
+        for i in range(kh):
+            for j in range(kw):
+                view = as_strided(dxp[:, :, i:, j:], (n, c, *dims), (s_n, s_c, *strides))
+                view += d[:, :, i, j]
         return self._unpad(dxp)
 
 
@@ -267,7 +384,12 @@ class MaxPool(_WindowOp):
     the max, tracked with a boolean "window still unassigned" mask; overlapping windows add.
     """
 
+    #: A Conv2D that lays its output out window-major for this pool (set by Conv2D.feed_pool).
+    producer: Conv2D | None = None
+
     def forward(self, x, params, training, rng):
+        if self.producer is not None:
+            return self._forward_blocked(x, params)
         x = self._check(x)
         if self._tiles():
             return self._forward_tiled(x)
@@ -330,6 +452,85 @@ class MaxPool(_WindowOp):
             np.multiply(dy, hit, out=dv)
         return dx
 
+    # Window-major input from the conv before (Conv2D.feed_pool): offset k of every window is one
+    # block, (N, C, kk, P) for an "unfold" conv, (N, kk, P, C) for a "rows" one (P = OH*OW). The
+    # max is kk-1 elementwise maxima of whole blocks. For 2x2 windows the first maximum in
+    # row-major order is a tournament of three comparisons, kept as three boolean masks:
+    #   top = max(x0, x1) >= max(x2, x3),  left01 = x0 >= x1,  left23 = x2 >= x3
+    # and backward splits dy with multiplications and subtractions only (d*mask is d or 0, so
+    # d - d*mask is exact): dtop = d*top, dbot = d - dtop, dx0 = dtop*left01, dx1 = dtop - dx0,
+    # dx2 = dbot*left23, dx3 = dbot - dx2. Other window sizes use the sequential masks.
+
+    def _blocks(self, x: np.ndarray) -> tuple[int, list[np.ndarray], tuple[int, ...]]:
+        """(N, the kk offset blocks of window-major ``x``, the shape of one block)."""
+        kk, c, p = self.kernel[0] * self.kernel[1], self.in_chw[0], self.out_hw[0] * self.out_hw[1]
+        if self.producer.layout == "unfold":  # (C, kk, N*P)
+            n = x.shape[1] // (kk * p)
+            xb = x.reshape(c, kk, n * p)
+            return n, [xb[:, k] for k in range(kk)], (c, n * p)
+        n = x.shape[0]  # "rows": (N, kk, P, C)
+        xb = x.reshape(n, kk, p, c)
+        return n, [xb[:, k] for k in range(kk)], (n, p, c)
+
+    def _forward_blocked(self, x: np.ndarray, params) -> np.ndarray:
+        n, parts, shape = self._blocks(x)
+        ymax = self.buf("ymax", shape)
+        if len(parts) == 4:
+            x0, x1, x2, x3 = parts
+            m01 = np.maximum(x0, x1, out=self.buf("m01", shape))
+            np.maximum(x2, x3, out=ymax)
+            masks = (np.greater_equal(m01, ymax, out=self.buf("top", shape, np.bool_)),
+                     np.greater_equal(x0, x1, out=self.buf("left01", shape, np.bool_)),
+                     np.greater_equal(x2, x3, out=self.buf("left23", shape, np.bool_)))
+            np.maximum(m01, ymax, out=ymax)
+        else:
+            np.copyto(ymax, parts[0])
+            for part in parts[1:]:
+                np.maximum(ymax, part, out=ymax)
+            masks = None
+        self._saved = (n, parts, ymax, masks)
+        if self.producer.layout == "unfold":  # (C, N*P) -> NCHW, conv bias already in
+            c, p = self.in_chw[0], self.out_hw[0] * self.out_hw[1]
+            y = self.buf("y", (n, c) + self.out_hw)
+            np.copyto(y.reshape(n, c, p), ymax.reshape(c, n, p).transpose(1, 0, 2))
+            return y
+        return self.producer.finish(ymax, params)
+
+    def _backward_blocked(self, dy: np.ndarray) -> np.ndarray:
+        """dy (N, C, OH, OW) -> the gradient of the window-major input, in its layout."""
+        n, parts, ymax, masks = self._saved
+        c, kk, p = self.in_chw[0], len(parts), self.out_hw[0] * self.out_hw[1]
+        if self.producer.layout == "unfold":  # (C, N*P) blocks; dy to (C, N, P)
+            d = self.buf("dy_cnp", (c, n * p))
+            np.copyto(d.reshape(c, n, p), dy.reshape(n, c, p).transpose(1, 0, 2))
+            dx = self.buf("dx_blocked", (c, kk, n * p))
+        else:  # (N, P, C) blocks; dy to (N, P, C)
+            d = self.buf("dy_nhwc", (n, p, c))
+            np.copyto(d, dy.reshape(n, c, p).transpose(0, 2, 1))
+            dx = self.buf("dx_blocked", (n, kk, p, c))
+        outs = [dx[:, k] for k in range(kk)]
+        if masks is not None:
+            top, left01, left23 = masks
+            o0, o1, o2, o3 = outs
+            np.multiply(d, top, out=o1)       # dtop, for now
+            np.subtract(d, o1, out=o3)        # dbot, for now
+            np.multiply(o1, left01, out=o0)
+            o1 -= o0
+            np.multiply(o3, left23, out=o2)
+            o3 -= o2
+            return dx
+        hit = self.buf("hit", ymax.shape, np.bool_)
+        free = self.buf("free", ymax.shape, np.bool_)  # windows whose gradient is still unassigned
+        for k, (part, out) in enumerate(zip(parts, outs)):
+            np.equal(part, ymax, out=hit)
+            if k == 0:
+                np.logical_not(hit, out=free)
+            else:
+                np.logical_and(hit, free, out=hit)
+                np.logical_xor(free, hit, out=free)
+            np.multiply(d, hit, out=out)
+        return dx
+
     def _covers_all(self) -> bool:
         """True when the windows tile the input exactly, without overlap: every dx is written once."""
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
@@ -339,6 +540,8 @@ class MaxPool(_WindowOp):
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
+        if self.producer is not None:
+            return self._backward_blocked(dy)
         if self._tiles():
             return self._backward_tiled(dy)
         xp, y = self._saved

@@ -15,7 +15,9 @@ A final softmax (with cross_entropy) or sigmoid (with binary_cross_entropy) is t
 Execution order: ``net.ops``/``net.body`` are the layers in spec order; the passes run
 ``net.run_ops``/``net.run_body``, the same ops in the same order except that a relu
 directly followed by a maxpool runs AFTER it, on the smaller pooled tensor (see
-:func:`_commute_relu_maxpool`). Names, params, checkpoints and export do not change.
+:func:`_commute_relu_maxpool`), and a conv2d then directly followed by a maxpool whose
+windows tile (stride = kernel, no padding) hands its output over window-major instead
+of NCHW (see :func:`_feed_pools`). Names, params, checkpoints and export do not change.
 """
 
 from __future__ import annotations
@@ -68,6 +70,18 @@ def _commute_relu_maxpool(ops: list[base.Op]) -> list[base.Op]:
     return out
 
 
+def _feed_pools(ops: list[base.Op]) -> None:
+    """Let every conv2d directly followed (in run order) by a tiling maxpool hand its output over window-major.
+
+    See :meth:`dnnspec.engine.conv.Conv2D.feed_pool`: the same values and gradients, in
+    an order that spares the pool a transposing copy and a scatter, and the conv the
+    pixels the pool floors away. Only the array passed between the two changes.
+    """
+    for a, b in zip(ops, ops[1:]):
+        if a.layer.kind == "conv2d" and b.layer.kind == "maxpool" and b._tiles():
+            a.feed_pool(b)
+
+
 def _compile(layer: ir.Layer, dtype: np.dtype) -> base.Op:
     if layer.kind not in base.OPS:
         raise SpecError(Diagnostic(f"layer {layer.name}: the engine has no implementation of '{layer.kind}' yet",
@@ -80,6 +94,8 @@ class Net:
 
     #: Run relu -> maxpool pairs as maxpool -> relu (an internal execution order; see the module doc).
     commute_relu_maxpool = True
+    #: Let a conv2d hand its output to the tiling maxpool after it window-major (see _feed_pools).
+    fuse_conv_maxpool = True
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
         self.dtype = np.dtype(dtype)
@@ -94,6 +110,8 @@ class Net:
         reorder = _commute_relu_maxpool if self.commute_relu_maxpool else list
         self.run_body = reorder(self.body)  # what the passes run; the head (not a relu) stays last
         self.run_ops = self.run_body + [self.head] if self.head is not None else self.run_body
+        if self.fuse_conv_maxpool:
+            _feed_pools(self.run_body)
         self.loss_fn = LOSSES[model.loss.kind]
         self.rng = np.random.default_rng(model.train["seed"] if seed is None else seed)
         self.params: dict[str, np.ndarray] = {}
