@@ -3,12 +3,14 @@ raw HTTP for bad requests; every result checked against a direct onnxruntime cal
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -323,6 +325,51 @@ def test_unknown_route_and_method_are_json_errors(served):
     assert status == 404 and "error" in json.loads(body)
     status, _, body = served.request("GET", "/v2/models/mlp/infer")
     assert status == 405 and "error" in json.loads(body)
+
+
+def test_slow_body_gets_408_and_slow_inference_503(repo):
+    """The request deadline (timeout_s) covers the body (408 when it does not arrive) and the inference (503)."""
+    server = Running(repo, batch_window_ms=0, timeout_s=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"in")
+            reply = sock.recv(65536).decode()
+        head, _, body = reply.partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 408") and "not received within 0.5 s" in json.loads(body)["error"]
+
+        async def stuck(inputs, rows):
+            await asyncio.sleep(5)
+
+        server.state.batchers[("mlp", "1")].infer = stuck
+        body, headers = binary_infer(rows(1))
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", body, headers)
+        assert status == 503 and "inference timed out after 0.5 s" in json.loads(raw)["error"]
+    finally:
+        server.stop()
+
+
+def test_infer_through_the_starlette_route_gives_the_same_answer(repo):
+    """InferFront answers POST .../infer itself; the Starlette route behind it (used when the
+    Starlette app is mounted on its own) gives the same response."""
+    server = Running(repo, batch_window_ms=0)
+    try:
+        x = rows(2, seed=4)
+        body, headers = binary_infer(x)
+        front = server.request("POST", "/v2/models/mlp/infer", body, headers)
+        httpx = pytest.importorskip("httpx")
+
+        async def direct():
+            transport = httpx.ASGITransport(app=server.app.app)  # the Starlette app alone
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                return (await c.post("/v2/models/mlp/infer", content=body, headers=headers),
+                        await c.post("/v2/models/nope/infer", content=body, headers=headers))
+
+        r, bad = asyncio.run(direct())
+        assert (r.status_code, r.content) == (front[0], front[2])
+        assert r.headers["content-type"] == front[1]["content-type"] == "application/json"
+        assert bad.status_code == 404 and "unknown model 'nope'" in bad.json()["error"]
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- dynamic batching
