@@ -411,6 +411,42 @@ def test_dynamic_batching_merges_concurrent_requests(repo):
         server.stop()
 
 
+def test_nan_in_a_batched_request_fails_only_that_request(repo):
+    """With batching on, the NaN/infinity check runs once per merged batch: the bad request gets
+    its 400 with the usual message, the others in the same batch their exact answers."""
+    server = Running(repo, batch_window_ms=300, max_batch=64)
+    try:
+        xs = [rows(2, seed=50 + i) for i in range(6)]
+        xs[2][1, 5], xs[4][0, 0] = np.nan, np.inf
+        barrier = threading.Barrier(len(xs))
+        answers: list = [None] * len(xs)
+
+        def one(i: int) -> None:
+            body, headers = binary_infer(xs[i])
+            barrier.wait()
+            answers[i] = server.request("POST", "/v2/models/mlp/infer", body, headers)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert server.stats("mlp")["execution_count"] <= 3
+        for i, (status, _, raw) in enumerate(answers):
+            if i in (2, 4):
+                word = "NaN" if i == 2 else "infinity"
+                assert status == 400 and json.loads(raw)["error"] == (
+                    f"input 'input' contains {word}; every value must be finite"), raw
+            else:
+                assert status == 200, raw
+                out = json.loads(raw)["outputs"][0]
+                np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]),
+                                           reference(repo / "mlp.onnx", xs[i])["probabilities"], rtol=1e-6, atol=1e-7)
+        assert server.stats("mlp")["inference_count"] == 8  # the bad requests' rows never ran
+    finally:
+        server.stop()
+
+
 def test_max_batch_caps_rows_per_run(repo):
     server = Running(repo, batch_window_ms=200, max_batch=4)
     try:
@@ -428,8 +464,24 @@ def test_window_zero_runs_each_request_alone(served):
     assert after["execution_count"] - before["execution_count"] == 8
 
 
+def test_a_batch_closes_after_an_idle_gap_not_the_whole_window(repo):
+    """One request alone on a 1.6 s window is answered after the idle gap (window/8 = 0.2 s)."""
+    server = Running(repo, batch_window_ms=1600, max_batch=64)
+    try:
+        body, headers = binary_infer(rows(1, seed=5))
+        t0 = time.monotonic()
+        status, _, _ = server.request("POST", "/v2/models/mlp/infer", body, headers)
+        elapsed = time.monotonic() - t0
+        assert status == 200 and 0.15 < elapsed < 1.2, elapsed
+    finally:
+        server.stop()
+
+
 def test_graceful_shutdown_finishes_requests_in_flight(repo):
     server = Running(repo, batch_window_ms=400, max_batch=64)
+    model = server.state.batchers[("mlp", "1")].model
+    run = model.run
+    model.run = lambda inputs: (time.sleep(0.5), run(inputs))[1]  # still running when the stop comes
     x = rows(3, seed=11)
     box = {}
 
@@ -439,7 +491,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(repo):
 
     t = threading.Thread(target=send)
     t.start()
-    time.sleep(0.15)  # the request now waits in the batch window
+    time.sleep(0.15)  # the request now waits in its batch or runs
     server.stop()
     t.join(10)
     assert box["status"] == 200

@@ -107,14 +107,22 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
 
 
 def parse_infer_request(body: bytes, header_length: str | None, inputs: list[TensorSpec],
-                        output_names: list[str], max_rows: int) -> InferRequest:
-    """Check a V2 infer request against a model's inputs and outputs; raise InferenceError."""
+                        output_names: list[str], max_rows: int, check_finite: bool = True) -> InferRequest:
+    """Check a V2 infer request against a model's inputs and outputs; raise InferenceError.
+
+    ``check_finite=False`` leaves the NaN/infinity check of float inputs to the caller
+    (the batcher does it once per merged batch, see :func:`require_finite`). Binary
+    inputs are read-only views of ``body``.
+    """
     header, binary = split_body(body, header_length)
     params = _dict(header.get("parameters", {}), "parameters")
     req_inputs = header.get("inputs")
     if not isinstance(req_inputs, list) or not req_inputs:
         raise InferenceError("request needs a non-empty 'inputs' list")
     arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs})
+    if check_finite:
+        for name, arr in arrays.items():
+            require_finite(arr, name)
     rows = _check_rows(arrays, inputs, max_rows)
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -205,7 +213,7 @@ def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.nda
     count = math.prod(shape)
     if raw.size != count:
         raise InferenceError(f"input '{spec.name}': shape {list(shape)} needs {count} elements, got {raw.size}")
-    return _finite(raw.astype(DATATYPES[spec.datatype], copy=False).reshape(shape), spec.name)
+    return raw.astype(DATATYPES[spec.datatype], copy=False).reshape(shape)
 
 
 def _kind_name(kind: str) -> str:
@@ -213,16 +221,30 @@ def _kind_name(kind: str) -> str:
 
 
 def _binary_tensor(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode raw little-endian bytes into an array of ``shape`` (a copy: the body is freed)."""
+    """Decode raw little-endian bytes into an array of ``shape``: a read-only view of the body."""
     dtype = DATATYPES[spec.datatype]
     need = math.prod(shape) * dtype.itemsize
     if len(raw) != need:
         raise InferenceError(f"input '{spec.name}': shape {list(shape)} of {spec.datatype} needs {need} bytes, "
                              f"binary_data_size is {len(raw)}")
-    return _finite(np.frombuffer(raw, dtype=dtype).reshape(shape).copy(), spec.name)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _finite(arr: np.ndarray, name: str) -> np.ndarray:
+def finite_rows(arr: np.ndarray) -> np.ndarray | None:
+    """For a float array (N, ...): a bool (N,) row mask, True where every value is finite; None otherwise.
+
+    One float64 sum per row for float16/float32 (finite exactly when every value is:
+    |x| < 3.5e38 cannot overflow float64), an elementwise check for float64.
+    """
+    if arr.dtype.kind != "f":
+        return None
+    flat = arr.reshape(len(arr), -1)
+    if arr.dtype.itemsize <= 4:
+        return np.isfinite(flat.sum(axis=1, dtype=np.float64))
+    return np.isfinite(flat).all(axis=1)
+
+
+def require_finite(arr: np.ndarray, name: str) -> np.ndarray:
     """``arr`` if every value is finite; InferenceError naming NaN or infinity otherwise.
 
     For float16/float32 one float64 sum decides (it is finite exactly when every value
