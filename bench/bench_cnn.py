@@ -158,12 +158,15 @@ def engine_stepper(model: ir.Model, x, y):
         _, grads = net.loss_and_grads(x, y)
         opt.step(net.params, grads)
 
+    step.threads = net.threads  # the trainer holds this context around whole epochs
     return step
 
 
 def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, float]]:
     """Median forward and backward seconds per op (training mode), for finding hot spots."""
     net = Net(model, seed=0)
+    context = net.threads()  # as in training (engine/threads.py)
+    context.__enter__()
     h0 = net._prepare(x, False)
     fwd = {op.name: [] for op in net.run_body}
     bwd = {op.name: [] for op in net.run_body}
@@ -179,6 +182,7 @@ def engine_profile(model: ir.Model, x, y, steps: int) -> list[tuple[str, float, 
             t0 = time.perf_counter()
             d = op.backward(d, net.params, net.grads)
             bwd[op.name].append(time.perf_counter() - t0)
+    context.__exit__(None, None, None)
     return [(op.name, statistics.median(fwd[op.name][2:]),
              statistics.median(bwd[op.name][2:]) if bwd[op.name] else 0.0) for op in net.run_body]
 
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     # would put into the ratio. Each block starts with 2 untimed warm-up steps.
     e_round, t_round, b_round, rows = [], [], [], None
     for _ in range(args.rounds):
-        e_round.append(statistics.median(time_steps(engine, args.steps, 2)))
+        with engine.threads():
+            e_round.append(statistics.median(time_steps(engine, args.steps, 2)))
         if torch_step is not None:
             t_round.append(statistics.median(time_steps(torch_step, args.steps, 2)))
         bound_s, flops, rows_r = gemm_bound(model, args.batch)

@@ -369,3 +369,81 @@ def test_fused_conv_maxpool_pairs_match_finite_differences():
     for name in ("conv1.kernel", "conv1.bias", "conv2.kernel", "conv2.bias", "dense1.kernel"):
         num = numeric_grad(lambda: net.loss_and_grads(x, y)[0], net.params[name])
         assert rel_error(grads[name], num) < 1e-6, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_threads_split_every_pass_and_gemm_without_changing_results(monkeypatch, dtype):
+    """engine/threads.py with 3 threads and no size thresholds: every parallel pass and GEMM of a
+    CNN with both conv layouts, fused pairs, a plain pool and dense layers is split into pieces;
+    forward, loss and gradients equal the unsplit run (exactly up to the GEMMs' partial sums)."""
+    from dnnspec.engine import threads
+
+    model = ir.model_from_layers((2, 12, 12), [
+        ("conv2d", {"filters": 4, "kernel": 2}), ("relu", {}), ("maxpool", {"kernel": 2}),       # fused, wide
+        ("conv2d", {"filters": 5, "kernel": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+        ("maxpool", {"kernel": 2}),                                                               # tiled, plain
+        ("conv2d", {"filters": 3, "kernel": 3, "padding": 1}), ("relu", {}),
+        ("maxpool", {"kernel": 2, "stride": 1}), ("flatten", {}), ("dense", {"units": 6}), ("relu", {}),
+        ("dense", {"units": 3}), ("softmax", {})])
+    rng = np.random.default_rng(9)
+    x = rng.integers(-3, 4, (7, 2, 12, 12)).astype(dtype)
+    y = rng.integers(0, 3, 7)
+    results, calls = [], []
+    real_parallel = threads.parallel
+
+    def counting(fn, n, size):
+        calls.append((threads.active(), n))
+        return real_parallel(fn, n, size)
+
+    for count in ("1", "3"):
+        monkeypatch.setenv("DNNSPEC_THREADS", count)
+        monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
+        monkeypatch.setattr(threads, "MATMUL_MIN", 1)
+        for mod in ("dnnspec.engine.conv", "dnnspec.engine.ops"):
+            monkeypatch.setattr(f"{mod}.parallel", counting)
+        net = Net(model, dtype=dtype, seed=2)
+        assert net._threads  # a conv net: own threads by default
+        loss, grads = net.loss_and_grads(x, y)
+        results.append((net.forward(x), loss, {k: v.copy() for k, v in grads.items()}))
+    (p0, l0, g0), (p1, l1, g1) = results
+    assert sum(1 for active, n in calls if active and n > 1) > 10  # the 3-thread run really split
+    assert not any(active for active, _ in calls[:len(calls) // 2])  # the 1-thread run did not
+    tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(p1, p0, **tol)
+    np.testing.assert_allclose(l1, l0, **tol)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], err_msg=k, **tol)
+
+
+def test_threads_matmul_splits_rows_columns_and_the_reduction(monkeypatch):
+    from dnnspec.engine import threads
+
+    monkeypatch.setenv("DNNSPEC_THREADS", "3")
+    monkeypatch.setattr(threads, "MATMUL_MIN", 1)
+    rng = np.random.default_rng(0)
+    cases = [((300, 40), (40, 20)),      # rows
+             ((20, 40), (40, 300)),      # columns
+             ((6, 5000), (5000, 7)),     # reduction (small output)
+             ((1, 90, 8), (9, 8, 4))]    # batched, broadcast a
+    for sa, sb in cases:
+        a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+        out = np.empty(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]))
+        with threads.own_threads():
+            threads.matmul(a, b, out)
+        np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_threads_parallel_reraises_a_piece_error(monkeypatch):
+    from dnnspec.engine import threads
+
+    monkeypatch.setenv("DNNSPEC_THREADS", "2")
+    done = []
+
+    def fn(lo, hi):
+        if lo > 0:
+            raise ValueError("piece failed")
+        done.append((lo, hi))
+
+    with threads.own_threads(), pytest.raises(ValueError, match="piece failed"):
+        threads.parallel(fn, 10, 1 << 20)
+    assert done == [(0, 5)]

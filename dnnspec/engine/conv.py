@@ -45,6 +45,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..ir import Layer
 from ..shapes import conv_pads
 from .base import Op, grad_out, register
+from .threads import matmul, parallel
 
 
 def _window_views(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -176,12 +177,18 @@ class Conv2D(_WindowOp):
         n, c = x.shape[:2]
         kh, kw = self.kernel
         xp = self.buf("xp", (n,) + self.padded_hw + (c,), fill=0.0)  # NHWC, border stays zero
-        np.copyto(self._interior(xp, (1, 2)), x.transpose(0, 2, 3, 1))
+        inner, xt = self._interior(xp, (1, 2)), x.transpose(0, 2, 3, 1)
         cols = self.buf("cols", (n * self._npix(), kh * kw * c))
         s_n, s_h, s_w, s_c = xp.strides
         dims, strides = self._pixels(s_h, s_w)
-        win = as_strided(xp, (n, *dims, kh, kw, c), (s_n, *strides, s_h, s_w, s_c), writeable=False)
-        np.copyto(cols.reshape(n, *dims, kh, kw, c), win)
+        out = cols.reshape(n, *dims, kh, kw, c)
+
+        def piece(lo: int, hi: int) -> None:  # examples lo..hi-1
+            np.copyto(inner[lo:hi], xt[lo:hi])
+            win = as_strided(xp[lo:], (hi - lo, *dims, kh, kw, c), (s_n, *strides, s_h, s_w, s_c), writeable=False)
+            np.copyto(out[lo:hi], win)
+
+        parallel(piece, n, cols.size)
         return cols
 
     def forward(self, x, params, training, rng):
@@ -196,7 +203,7 @@ class Conv2D(_WindowOp):
         cols = self._im2col(x)
         # Y.T (M, F) = cols @ wmat.T, i.e. NHWC: ~12% faster than wmat @ cols.T (F, M) here, which
         # more than pays for the (N, P, F) -> (N, F, P) transpose that adds the bias (measured).
-        ymf = np.matmul(cols, wmat.T, out=self.buf("ymf", (cols.shape[0], f)))
+        ymf = matmul(cols, wmat.T, self.buf("ymf", (cols.shape[0], f)))
         self._saved = (n, cols, wmat)
         if self.pool is not None:  # the pool takes the maxima first, then calls finish() on 1/kk of it
             (ph, pw), (gh, gw) = self.block, self.grid
@@ -207,11 +214,16 @@ class Conv2D(_WindowOp):
         """("rows") (N, P, F) pre-bias outputs -> y (N, F, gh, gw) NCHW plus the bias: one transposing copy."""
         n, f = ynhwc.shape[0], self.filters
         y = self.buf("y", (n, f) + self.grid)
-        blocks = ynhwc.transpose(0, 2, 1)  # (N, F, P) view
-        if self.has_bias:
-            np.add(blocks, params[self.key("bias")].astype(self.dtype, copy=False)[:, None], out=y.reshape(n, f, -1))
-        else:
-            np.copyto(y.reshape(n, f, -1), blocks)
+        blocks, out = ynhwc.transpose(0, 2, 1), y.reshape(n, f, -1)  # (N, F, P) view
+        bias = params[self.key("bias")].astype(self.dtype, copy=False)[:, None] if self.has_bias else None
+
+        def piece(lo: int, hi: int) -> None:
+            if bias is not None:
+                np.add(blocks[lo:hi], bias, out=out[lo:hi])
+            else:
+                np.copyto(out[lo:hi], blocks[lo:hi])
+
+        parallel(piece, n, y.size)
         return y
 
     def backward(self, dy, params, grads):
@@ -225,8 +237,9 @@ class Conv2D(_WindowOp):
             dyt = dy.reshape(m, f)
         else:
             dyt = self.buf("dyt", (m, f))  # (N*P, F)
-            np.copyto(dyt.reshape(n, -1, f), dy.reshape(n, f, -1).transpose(0, 2, 1))
-        dw = np.matmul(dyt.T, cols, out=self.buf("dw", wmat.shape))
+            dst, src = dyt.reshape(n, -1, f), dy.reshape(n, f, -1).transpose(0, 2, 1)
+            parallel(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), n, m * f)
+        dw = matmul(dyt.T, cols, self.buf("dw", wmat.shape))
         dk = grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype)
         np.copyto(dk, dw.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
         if self.has_bias:
@@ -237,7 +250,7 @@ class Conv2D(_WindowOp):
         # kernel offset in one matmul call, so that col2im reads each offset's block contiguously.
         # It goes over cols, which is not needed any more.
         w_offsets = wmat.reshape(f, kh * kw, c).transpose(1, 0, 2)  # (kh*kw, F, C) view
-        dcols = np.matmul(dyt[None], w_offsets, out=cols.reshape(kh * kw, m, c))
+        dcols = matmul(dyt[None], w_offsets, cols.reshape(kh * kw, m, c))
         return self._col2im(dcols, n)
 
     def _col2im(self, dcols: np.ndarray, n: int) -> np.ndarray:
@@ -246,13 +259,19 @@ class Conv2D(_WindowOp):
         dxp = self.buf("dxp", (n,) + self.padded_hw + (c,))  # NHWC
         s_n, s_h, s_w, s_c = dxp.strides
         dims, strides = self._pixels(s_h, s_w)
-        dxp.fill(0)
-        for o in range(kh * kw):
-            i, j = divmod(o, kw)
-            view = as_strided(dxp[:, i:, j:], (n, *dims, c), (s_n, *strides, s_c))
-            view += dcols[o].reshape(n, *dims, c)
+        blocks = [dcols[o].reshape(n, *dims, c) for o in range(kh * kw)]
         dx = self.buf("dx", (n,) + self.in_chw)
-        np.copyto(dx, self._interior(dxp, (1, 2)).transpose(0, 3, 1, 2))
+
+        def piece(lo: int, hi: int) -> None:  # examples lo..hi-1: disjoint parts of dxp and dx
+            part = dxp[lo:hi]
+            part.fill(0)
+            for o, block in enumerate(blocks):
+                i, j = divmod(o, kw)
+                view = as_strided(part[:, i:, j:], (hi - lo, *dims, c), (s_n, *strides, s_c))
+                view += block[lo:hi]
+            np.copyto(dx[lo:hi], self._interior(part, (1, 2)).transpose(0, 3, 1, 2))
+
+        parallel(piece, n, dcols.size)
         return dx
 
     # --- "unfold" layout feeding a pool: ONE GEMM on cols (K+1, M), M window-major -------------
@@ -283,8 +302,9 @@ class Conv2D(_WindowOp):
         dims, strides = self._wide_dims(s_n, s_h, s_w)
         dims = dims[:2] + (n,) + dims[3:]
         win = as_strided(xp, (c, kh, kw, *dims), (s_c, s_h, s_w, *strides), writeable=False)
-        np.copyto(cols[:k].reshape(c, kh, kw, *dims), win)
-        y = np.matmul(wmat, cols, out=self.buf("y_wide", (f, cols.shape[1])))
+        out = cols[:k].reshape(c, kh, kw, *dims)
+        parallel(lambda lo, hi: np.copyto(out[:, :, :, :, :, lo:hi], win[:, :, :, :, :, lo:hi]), n, k * cols.shape[1])
+        y = matmul(wmat, cols, self.buf("y_wide", (f, cols.shape[1])))
         self._saved = (n, cols, wmat)
         return y
 
@@ -295,24 +315,31 @@ class Conv2D(_WindowOp):
         c, (kh, kw) = self.in_chw[0], self.kernel
         k = c * kh * kw
         dym = dy.reshape(f, -1)
-        dw = np.matmul(dym, cols.T, out=self.buf("dw", (f, k1)))
+        dw = matmul(dym, cols.T, self.buf("dw", (f, k1)))
         np.copyto(grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype).reshape(f, k), dw[:, :k])
         if self.has_bias:
             np.copyto(grad_out(grads, self.key("bias"), params[self.key("bias")], self.dtype), dw[:, k])
         if not self.need_dx:
             return None
-        dcols = np.matmul(wmat[:, :k].T, dym, out=self.buf("dcols_wide", (k, dym.shape[1])))
+        dcols = matmul(wmat[:, :k].T, dym, self.buf("dcols_wide", (k, dym.shape[1])))
         dxp = self.buf("dxp", (n, c) + self.padded_hw)
         s_n, s_c, s_h, s_w = dxp.strides
         dims, strides = self._wide_dims(s_n, s_h, s_w)
-        dims = dims[:2] + (n,) + dims[3:]
-        d = dcols.reshape(c, kh, kw, *dims)
-        dxp.fill(0)
-        for i in range(kh):
-            for j in range(kw):
-                view = as_strided(dxp[:, :, i:, j:], (c, *dims), (s_c, *strides))
-                view += d[:, i, j]
-        return self._unpad(dxp)
+        d = dcols.reshape(c, kh, kw, *dims[:2], n, *dims[3:])
+        dx = self.buf("dx", (n,) + self.in_chw) if any(self.pads) else dxp
+
+        def piece(lo: int, hi: int) -> None:  # examples lo..hi-1: disjoint parts of dxp and dx
+            part = dxp[lo:hi]
+            part.fill(0)
+            for i in range(kh):
+                for j in range(kw):
+                    view = as_strided(part[:, :, i:, j:], (c, *dims[:2], hi - lo, *dims[3:]), (s_c, *strides))
+                    view += d[:, i, j, :, :, lo:hi]
+            if dx is not dxp:
+                np.copyto(dx[lo:hi], self._interior(part))
+
+        parallel(piece, n, dcols.size)
+        return dx
 
     # --- "unfold" layout: per-example GEMMs on cols (N, K+1, P), NCHW in and out ---------
 
@@ -418,11 +445,15 @@ class MaxPool(_WindowOp):
         """x (N, C, H, W) -> y (N, C, OH, OW) via x4 (kh*kw, N, C, OH, OW), kept for backward."""
         n, c = x.shape[:2]
         (kh, kw), (oh, ow) = self.kernel, self.out_hw
-        x4 = self.buf("x4", (kh, kw, n, c, oh, ow))
-        xc = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)  # axis splits: a view
-        np.copyto(x4, xc.transpose(3, 5, 0, 1, 2, 4))
-        x4 = x4.reshape(kh * kw, n, c, oh, ow)
-        y = np.max(x4, axis=0, out=self.buf("y", (n, c, oh, ow)))
+        x6 = self.buf("x4", (kh, kw, n, c, oh, ow))
+        xc = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)  # a view
+        x4, y = x6.reshape(kh * kw, n, c, oh, ow), self.buf("y", (n, c, oh, ow))
+
+        def piece(lo: int, hi: int) -> None:  # examples lo..hi-1
+            np.copyto(x6[:, :, lo:hi], xc[:, :, lo:hi])
+            np.max(x4[:, lo:hi], axis=0, out=y[lo:hi])
+
+        parallel(piece, n, x6.size)
         self._saved = (x4, y)
         return y
 
@@ -442,14 +473,13 @@ class MaxPool(_WindowOp):
             dx[:, :, :, ow * kw:] = 0
         hit = self.buf("hit", y.shape, np.bool_)
         free = self.buf("free", y.shape, np.bool_)  # windows whose gradient is still unassigned
-        for k, (_, _, dv) in enumerate(_window_views(dx, self.kernel, self.stride, self.out_hw)):
-            np.equal(x4[k], y, out=hit)
-            if k == 0:
-                np.logical_not(hit, out=free)
-            else:
-                np.logical_and(hit, free, out=hit)
-                np.logical_xor(free, hit, out=free)
-            np.multiply(dy, hit, out=dv)
+        views = [dv for _, _, dv in _window_views(dx, self.kernel, self.stride, self.out_hw)]
+
+        def piece(lo: int, hi: int) -> None:  # examples lo..hi-1
+            _route_to_first_max(x4[:, lo:hi], y[lo:hi], dy[lo:hi], [v[lo:hi] for v in views],
+                                hit[lo:hi], free[lo:hi])
+
+        parallel(piece, n, x4.size)
         return dx
 
     # Window-major input from the conv before (Conv2D.feed_pool): offset k of every window is one
@@ -475,60 +505,75 @@ class MaxPool(_WindowOp):
     def _forward_blocked(self, x: np.ndarray, params) -> np.ndarray:
         n, parts, shape = self._blocks(x)
         ymax = self.buf("ymax", shape)
+        wide = self.producer.layout == "unfold"
+        c, p = self.in_chw[0], self.out_hw[0] * self.out_hw[1]
+        y = self.buf("y", (n, c) + self.out_hw) if wide else None
         if len(parts) == 4:
-            x0, x1, x2, x3 = parts
-            m01 = np.maximum(x0, x1, out=self.buf("m01", shape))
-            np.maximum(x2, x3, out=ymax)
-            masks = (np.greater_equal(m01, ymax, out=self.buf("top", shape, np.bool_)),
-                     np.greater_equal(x0, x1, out=self.buf("left01", shape, np.bool_)),
-                     np.greater_equal(x2, x3, out=self.buf("left23", shape, np.bool_)))
-            np.maximum(m01, ymax, out=ymax)
+            m01 = self.buf("m01", shape)
+            masks = (self.buf("top", shape, np.bool_), self.buf("left01", shape, np.bool_),
+                     self.buf("left23", shape, np.bool_))
         else:
-            np.copyto(ymax, parts[0])
-            for part in parts[1:]:
-                np.maximum(ymax, part, out=ymax)
             masks = None
+
+        def piece(lo: int, hi: int) -> None:  # rows lo..hi-1 of every block (channels or examples)
+            ps, ym = [q[lo:hi] for q in parts], ymax[lo:hi]
+            if masks is not None:
+                x0, x1, x2, x3 = ps
+                top, left01, left23 = (mk[lo:hi] for mk in masks)
+                m = np.maximum(x0, x1, out=m01[lo:hi])
+                np.maximum(x2, x3, out=ym)
+                np.greater_equal(m, ym, out=top)
+                np.greater_equal(x0, x1, out=left01)
+                np.greater_equal(x2, x3, out=left23)
+                np.maximum(m, ym, out=ym)
+            else:
+                np.copyto(ym, ps[0])
+                for q in ps[1:]:
+                    np.maximum(ym, q, out=ym)
+            if wide:  # (C, N*P) -> NCHW, conv bias already in
+                np.copyto(y.reshape(n, c, p)[:, lo:hi], ym.reshape(hi - lo, n, p).transpose(1, 0, 2))
+
+        parallel(piece, shape[0], x.size)
         self._saved = (n, parts, ymax, masks)
-        if self.producer.layout == "unfold":  # (C, N*P) -> NCHW, conv bias already in
-            c, p = self.in_chw[0], self.out_hw[0] * self.out_hw[1]
-            y = self.buf("y", (n, c) + self.out_hw)
-            np.copyto(y.reshape(n, c, p), ymax.reshape(c, n, p).transpose(1, 0, 2))
-            return y
-        return self.producer.finish(ymax, params)
+        return y if wide else self.producer.finish(ymax, params)
 
     def _backward_blocked(self, dy: np.ndarray) -> np.ndarray:
         """dy (N, C, OH, OW) -> the gradient of the window-major input, in its layout."""
         n, parts, ymax, masks = self._saved
         c, kk, p = self.in_chw[0], len(parts), self.out_hw[0] * self.out_hw[1]
-        if self.producer.layout == "unfold":  # (C, N*P) blocks; dy to (C, N, P)
+        wide = self.producer.layout == "unfold"
+        src = dy.reshape(n, c, p)
+        if wide:  # (C, N*P) blocks; dy to (C, N, P)
             d = self.buf("dy_cnp", (c, n * p))
-            np.copyto(d.reshape(c, n, p), dy.reshape(n, c, p).transpose(1, 0, 2))
             dx = self.buf("dx_blocked", (c, kk, n * p))
         else:  # (N, P, C) blocks; dy to (N, P, C)
             d = self.buf("dy_nhwc", (n, p, c))
-            np.copyto(d, dy.reshape(n, c, p).transpose(0, 2, 1))
             dx = self.buf("dx_blocked", (n, kk, p, c))
         outs = [dx[:, k] for k in range(kk)]
-        if masks is not None:
-            top, left01, left23 = masks
-            o0, o1, o2, o3 = outs
-            np.multiply(d, top, out=o1)       # dtop, for now
-            np.subtract(d, o1, out=o3)        # dbot, for now
-            np.multiply(o1, left01, out=o0)
-            o1 -= o0
-            np.multiply(o3, left23, out=o2)
-            o3 -= o2
-            return dx
-        hit = self.buf("hit", ymax.shape, np.bool_)
-        free = self.buf("free", ymax.shape, np.bool_)  # windows whose gradient is still unassigned
-        for k, (part, out) in enumerate(zip(parts, outs)):
-            np.equal(part, ymax, out=hit)
-            if k == 0:
-                np.logical_not(hit, out=free)
+        if masks is None:
+            hit = self.buf("hit", ymax.shape, np.bool_)
+            free = self.buf("free", ymax.shape, np.bool_)  # windows whose gradient is still unassigned
+
+        def piece(lo: int, hi: int) -> None:  # rows lo..hi-1 of every block (channels or examples)
+            dd = d[lo:hi]
+            if wide:
+                np.copyto(dd.reshape(hi - lo, n, p), src[:, lo:hi].transpose(1, 0, 2))
             else:
-                np.logical_and(hit, free, out=hit)
-                np.logical_xor(free, hit, out=free)
-            np.multiply(d, hit, out=out)
+                np.copyto(dd, src[lo:hi].transpose(0, 2, 1))
+            os_ = [o[lo:hi] for o in outs]
+            if masks is not None:
+                top, left01, left23 = (mk[lo:hi] for mk in masks)
+                o0, o1, o2, o3 = os_
+                np.multiply(dd, top, out=o1)       # dtop, for now
+                np.subtract(dd, o1, out=o3)        # dbot, for now
+                np.multiply(o1, left01, out=o0)
+                o1 -= o0
+                np.multiply(o3, left23, out=o2)
+                o3 -= o2
+                return
+            _route_to_first_max([q[lo:hi] for q in parts], ymax[lo:hi], dd, os_, hit[lo:hi], free[lo:hi])
+
+        parallel(piece, d.shape[0], dx.size)
         return dx
 
     def _covers_all(self) -> bool:
@@ -566,6 +611,22 @@ class MaxPool(_WindowOp):
             else:
                 dv += np.multiply(dy, hit, out=tmp)
         return self._unpad(dxp)
+
+
+def _route_to_first_max(parts, y: np.ndarray, dy: np.ndarray, outs, hit: np.ndarray, free: np.ndarray) -> None:
+    """outs[k] = dy where offset k holds its window's first maximum (in offset order), else 0.
+
+    ``parts[k]``: the inputs at window offset k, shaped like ``y`` (the maxima) and ``dy``;
+    ``hit``/``free``: boolean scratch of that shape ("free": windows not yet assigned).
+    """
+    for k, (part, out) in enumerate(zip(parts, outs)):
+        np.equal(part, y, out=hit)
+        if k == 0:
+            np.logical_not(hit, out=free)
+        else:
+            np.logical_and(hit, free, out=hit)
+            np.logical_xor(free, hit, out=free)
+        np.multiply(dy, hit, out=out)
 
 
 def _counts(size: int, k: int, s: int, pad_lo: int, out: int) -> np.ndarray:

@@ -22,6 +22,7 @@ of NCHW (see :func:`_feed_pools`). Names, params, checkpoints and export do not 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import DataError, Diagnostic, SpecError
-from . import base
+from . import base, threads
 from .init import init_param
 from .losses import LOSSES
 
@@ -96,6 +97,10 @@ class Net:
     commute_relu_maxpool = True
     #: Let a conv2d hand its output to the tiling maxpool after it window-major (see _feed_pools).
     fuse_conv_maxpool = True
+    #: Split passes and GEMMs over the engine's own threads with single-threaded BLAS
+    #: (engine/threads.py): "auto" does it for networks with convolutions, whose ms-long
+    #: passes repay the hand-offs; an MLP's are too short.
+    own_threads: bool | str = "auto"
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
         self.dtype = np.dtype(dtype)
@@ -125,6 +130,16 @@ class Net:
         self._first = self._first_with_grads()
         self._buf = base.Scratch(self.dtype)
         self.last_logits: np.ndarray | None = None
+        auto = any(layer.kind == "conv2d" for layer in model.layers)
+        self._threads = auto if self.own_threads == "auto" else bool(self.own_threads)
+
+    def threads(self):
+        """The context every pass runs in: :func:`threads.own_threads` (re-entrant) or nothing.
+
+        The trainer holds it around whole epochs, so that BLAS is not switched between
+        one and several threads at every step (OpenBLAS's workers spin after a GEMM).
+        """
+        return threads.own_threads() if self._threads else contextlib.nullcontext()
 
     # --- input --------------------------------------------------------------------
 
@@ -193,9 +208,10 @@ class Net:
 
     def _run(self, ops: list[base.Op], x: np.ndarray, training: bool, rng: np.random.Generator | None,
              reuse: bool = False) -> np.ndarray:
-        h = self._prepare(x, reuse)
-        for op in ops:
-            h = op.forward(h, self.params, training, rng)
+        with self.threads():
+            h = self._prepare(x, reuse)
+            for op in ops:
+                h = op.forward(h, self.params, training, rng)
         return h
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -227,11 +243,12 @@ class Net:
         ``net.last_logits`` holds this batch's logits (N, K) until the next pass, for
         running accuracy.
         """
-        z = self._run(self.run_body, x, True, rng or self.rng, reuse=True)
-        self.last_logits = z
-        loss, d = self.loss_fn(z, y, out=self._buf("dlogits", z.shape))
-        for op in reversed(self.run_body[self._first:]):
-            d = op.backward(d, self.params, self.grads)
+        with self.threads():
+            z = self._run(self.run_body, x, True, rng or self.rng, reuse=True)
+            self.last_logits = z
+            loss, d = self.loss_fn(z, y, out=self._buf("dlogits", z.shape))
+            for op in reversed(self.run_body[self._first:]):
+                d = op.backward(d, self.params, self.grads)
         return loss, self.grads
 
     # --- evaluation ---------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .base import Op, grad_out, register
+from .threads import matmul, parallel
 
 
 class BufferedOp(Op):
@@ -35,6 +36,12 @@ def reduce_axes(param_size: int, ndim: int) -> tuple[int, ...]:
     if param_size == 1:
         return tuple(range(ndim))
     return (0,) + tuple(range(2, ndim))
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum over every axis but 1 of a * b, without writing the product: (N, C, ...) -> (C,)."""
+    letters = "nc" + "hwdefg"[:a.ndim - 2]
+    return np.einsum(f"{letters},{letters}->c", a, b)
 
 
 def _reduce_to(g: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -62,19 +69,19 @@ class Dense(BufferedOp):
     def forward(self, x, params, training, rng):
         w = params[self.k]
         self.x = x
-        y = np.matmul(x, w, out=self.buf("y", (x.shape[0], w.shape[1])))
+        y = matmul(x, w, self.buf("y", (x.shape[0], w.shape[1])))
         if self.b is not None:
             y += params[self.b]
         return y
 
     def backward(self, dy, params, grads):
         w = params[self.k]
-        np.matmul(self.x.T, dy, out=grad_out(grads, self.k, w))
+        matmul(self.x.T, dy, grad_out(grads, self.k, w))
         if self.b is not None:
             np.sum(dy, axis=0, out=grad_out(grads, self.b, params[self.b]))
         if not self.need_dx:
             return None
-        return np.matmul(dy, w.T, out=self.buf("dx", self.x.shape))
+        return matmul(dy, w.T, self.buf("dx", self.x.shape))
 
 
 # --- activations ------------------------------------------------------------------
@@ -85,14 +92,21 @@ class ReLU(BufferedOp):
     """y = max(0, x); dx = dy * [y > 0]."""
 
     def forward(self, x, params, training, rng):
-        self.y = np.maximum(x, 0, out=self.buf("y", x.shape))
-        return self.y
+        y = self.y = self.buf("y", x.shape)
+        parallel(lambda lo, hi: np.maximum(x[lo:hi], 0, out=y[lo:hi]), len(x), x.size)
+        return y
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
-        mask = np.greater(self.y, 0, out=self.buf("mask", dy.shape, np.bool_))
-        return np.multiply(dy, mask, out=self.buf("dx", dy.shape))
+        y, mask, dx = self.y, self.buf("mask", dy.shape, np.bool_), self.buf("dx", dy.shape)
+
+        def piece(lo: int, hi: int) -> None:
+            np.greater(y[lo:hi], 0, out=mask[lo:hi])
+            np.multiply(dy[lo:hi], mask[lo:hi], out=dx[lo:hi])
+
+        parallel(piece, len(dy), dy.size)
+        return dx
 
 
 class _AlphaOp(BufferedOp):
@@ -289,16 +303,26 @@ class BatchNorm(BufferedOp):
             y *= self.scale
             y += beta
             return y
-        mu = x.mean(axis=axes, keepdims=True)
-        xhat = np.subtract(x, mu, out=self.buf("xhat", x.shape))
-        sq = np.multiply(xhat, xhat, out=self.buf("tmp", x.shape))
-        var = sq.mean(axis=axes, keepdims=True)
+        m = x.size // c
+        mu = np.add.reduce(x, axis=axes, keepdims=True) / m
+        xc = self.xc = self.buf("xc", x.shape)  # x - mu, kept for backward
+        var = np.empty(c, self.dtype)
+
+        def center(lo: int, hi: int) -> None:
+            np.subtract(x[lo:hi], mu, out=xc[lo:hi])
+
+        parallel(center, len(x), x.size)
+        var[...] = _channel_dot(xc, xc) / m  # two passes, as the lecture: mean, then mean of squares
         self.inv_std = 1.0 / np.sqrt(var + self.eps)
-        xhat *= self.inv_std
-        self.xhat = xhat
-        self._update_running(params, mu.reshape(-1), var.reshape(-1))
-        y = np.multiply(xhat, gamma, out=self.buf("y", x.shape))
-        y += beta
+        self._update_running(params, mu.reshape(-1), var)
+        scale = (gamma.reshape(-1) * self.inv_std).reshape(cs)
+        y = self.buf("y", x.shape)
+
+        def normalise(lo: int, hi: int) -> None:
+            np.multiply(xc[lo:hi], scale, out=y[lo:hi])
+            y[lo:hi] += beta
+
+        parallel(normalise, len(x), x.size)
         return y
 
     def _update_running(self, params: dict[str, np.ndarray], mu: np.ndarray, var: np.ndarray) -> None:
@@ -312,21 +336,32 @@ class BatchNorm(BufferedOp):
     def backward(self, dy, params, grads):
         if not self.training:
             return self._backward_eval(dy, params, grads)
-        gamma = params[self.kg].reshape(self.cs)
-        g_beta = grad_out(grads, self.kb, params[self.kb])
-        g_gamma = grad_out(grads, self.kg, params[self.kg])
-        dbeta = dy.sum(axis=self.axes, keepdims=True)
-        prod = np.multiply(dy, self.xhat, out=self.buf("tmp", dy.shape))
-        dgamma = prod.sum(axis=self.axes, keepdims=True)
-        g_beta[...] = dbeta.reshape(-1)
-        g_gamma[...] = dgamma.reshape(-1)
+        # With xc = x - mu and s = 1/sqrt(var + eps) per channel (xhat = xc s):
+        #   dbeta = sum dy,  dgamma = s sum(dy xc),
+        #   dx = gamma s (dy - dbeta/m - xhat dgamma/m) = a dy + b xc + c0,
+        #   a = gamma s,  b = -a s^2 sum(dy xc) / m,  c0 = -a dbeta / m.
+        gamma = params[self.kg].reshape(-1)
+        xc, s = self.xc, self.inv_std
+        dbeta = np.add.reduce(dy, axis=self.axes)
+        dyxc = _channel_dot(dy, xc)
+        grad_out(grads, self.kb, params[self.kb])[...] = dbeta
+        grad_out(grads, self.kg, params[self.kg])[...] = s * dyxc
         if not self.need_dx:
             return None
-        m = dy.size // g_beta.size
-        dx = np.multiply(self.xhat, dgamma / m, out=self.buf("dx", dy.shape))
-        dx += dbeta / m
-        np.subtract(dy, dx, out=dx)
-        dx *= gamma * self.inv_std
+        m = dy.size // gamma.size
+        a = gamma * s
+        b = (-a * s * s * dyxc / m).astype(self.dtype).reshape(self.cs)
+        c0 = (-a * dbeta / m).astype(self.dtype).reshape(self.cs)
+        a = a.astype(self.dtype).reshape(self.cs)
+        dx, tmp = self.buf("dx", dy.shape), self.buf("tmp", dy.shape)
+
+        def piece(lo: int, hi: int) -> None:
+            d = dx[lo:hi]
+            np.multiply(dy[lo:hi], a, out=d)
+            d += np.multiply(xc[lo:hi], b, out=tmp[lo:hi])
+            d += c0
+
+        parallel(piece, len(dy), dy.size)
         return dx
 
     def _backward_eval(self, dy, params, grads):

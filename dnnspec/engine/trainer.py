@@ -283,7 +283,8 @@ class _Loop:
                                + (" (stopped early)" if st.stopped_early else ""))
         wrote = True
         while st.epoch < self.epochs and not st.stopped_early:
-            row = self._epoch(st.epoch)
+            with self.net.threads():  # whole epochs, optimizer steps included: BLAS stays put
+                row = self._epoch(st.epoch)
             st.rows.append(row)
             self._early_stop(row)
             st.epoch += 1
