@@ -255,3 +255,34 @@ def test_dead_gradients_never_leave_subnormal_moments():
         sgd.step(sgd_p, {"k": np.zeros(10, np.float32)})
     v = sgd.state["v"]["k"]
     assert np.all(v == 0)
+
+
+def test_adam_split_over_threads_is_bit_identical(monkeypatch):
+    """Inside threads.own_threads() Adam updates pieces of its flat state on several threads
+    (pieces cut across arrays); weights and moments equal the one-piece update exactly."""
+    from dnnspec.engine import threads
+
+    monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
+    shapes = {"a.kernel": (7, 5), "a.bias": (5,), "b.kernel": (5, 3), "b.bias": (3,)}
+    results = []
+    for count in ("1", "3"):
+        monkeypatch.setenv("DNNSPEC_THREADS", count)
+        params = {n: np.random.default_rng(1).standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        opt = Adam(params, lr=0.01)
+        rng = np.random.default_rng(2)
+        with threads.own_threads():
+            for _ in range(5):
+                opt.step(params, {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()})
+        results.append((params, {k: v.copy() for k, v in opt.state_dict().items()}))
+    (p1, s1), (p3, s3) = results
+    for n in shapes:
+        np.testing.assert_array_equal(p1[n], p3[n])
+    for k in s1:
+        np.testing.assert_array_equal(s1[k], s3[k])
+
+
+def test_adam_updates_non_contiguous_parameters_in_place():
+    w = np.zeros((6, 4), np.float32).T  # a transposed view: not C-contiguous
+    opt = Adam({"w.kernel": w}, lr=0.1)
+    opt.step({"w.kernel": w}, {"w.kernel": np.ones((4, 6), np.float32)})
+    np.testing.assert_allclose(w, -0.1, rtol=1e-5)

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ..ir import Step
+from .threads import parallel
 
 _FLUSH_SHRINK = 2.0 ** -40   # a trace may shrink by at most this between two flushes
 _FLUSH_ABOVE_TINY = 2.0 ** 44  # flush threshold = tiny * this, so flushed-to survivors stay normal
@@ -100,6 +101,8 @@ class Optimizer:
         self._g = self._views(self._buffer()) if needs_g else {}
         self._flush_every = flush_interval(self.decays())
         self._flush_below = np.finfo(self.dtype).tiny * _FLUSH_ABOVE_TINY
+        self._sizes = {n: math.prod(s) for n, s in self.shapes.items()}
+        self._offsets = list(zip(self.names, np.cumsum([0] + [self._sizes[n] for n in self.names[:-1]]).tolist()))
 
     def _buffer(self, zero: bool = False) -> np.ndarray:
         size = sum(math.prod(s) for s in self.shapes.values())
@@ -301,19 +304,46 @@ class Adam(Optimizer):
 
     def _update(self, params, grads, lr):
         m, s, tmp, sq = self._flat["m"], self._flat["s"], self._tmp_flat, self._sq_flat
-        for n in self.names:
-            np.multiply(grads[n], grads[n], out=self._sq[n])
-            np.multiply(grads[n], 1.0 - self.beta1, out=self._tmp[n])
-        m *= m.dtype.type(self.beta1)
-        m += tmp
-        _ema(s, sq, self.beta2)
         c1 = 1.0 - self.beta1 ** self.t
         c2 = 1.0 - self.beta2 ** self.t
-        np.add(s, self.eps * c2, out=tmp)      # c2 * (s_hat + eps)
-        np.sqrt(tmp, out=tmp)
-        np.divide(m, tmp, out=tmp)
-        tmp *= tmp.dtype.type(lr * math.sqrt(c2) / c1)
-        self._apply(params)
+        t = m.dtype.type
+        b1, a1, eps, step = t(self.beta1), t(1.0 - self.beta1), self.eps * c2, t(lr * math.sqrt(c2) / c1)
+
+        def piece(lo: int, hi: int) -> None:  # flat positions lo..hi-1 of every state buffer
+            segments = self._segments(lo, hi)
+            for n, a, b, f in segments:
+                g = grads[n].reshape(-1)[a:b]
+                np.multiply(g, g, out=sq[f:f + b - a])
+                np.multiply(g, a1, out=tmp[f:f + b - a])
+            mm, tt = m[lo:hi], tmp[lo:hi]
+            mm *= b1
+            mm += tt
+            _ema(s[lo:hi], sq[lo:hi], self.beta2)
+            np.add(s[lo:hi], eps, out=tt)      # c2 * (s_hat + eps)
+            np.sqrt(tt, out=tt)
+            np.divide(mm, tt, out=tt)
+            tt *= step
+            for n, a, b, f in segments:
+                w = params[n]
+                if a == 0 and b == w.size:  # the whole array: any memory layout
+                    w -= tmp[f:f + b].reshape(w.shape)
+                else:                       # part of it (split runs only): a view of a contiguous array
+                    w.reshape(-1)[a:b] -= tmp[f:f + b - a]
+
+        if all(params[n].flags.c_contiguous for n in self.names):
+            parallel(piece, m.size, 12 * m.size)  # split over threads only inside threads.own_threads()
+        else:
+            piece(0, m.size)
+
+    def _segments(self, lo: int, hi: int) -> list[tuple[str, int, int, int]]:
+        """(name, a, b, flat start) for each array overlapping flat positions [lo, hi): its elements a..b-1."""
+        out = []
+        for n, start in self._offsets:
+            size = self._sizes[n]
+            a, b = max(lo, start) - start, min(hi, start + size) - start
+            if a < b:
+                out.append((n, a, b, start + a))
+        return out
 
 
 def _ema(buf: np.ndarray, x: np.ndarray, beta: float) -> None:
