@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import tracemalloc
 
 import numpy as np
@@ -447,3 +449,34 @@ def test_threads_parallel_reraises_a_piece_error(monkeypatch):
     with threads.own_threads(), pytest.raises(ValueError, match="piece failed"):
         threads.parallel(fn, 10, 1 << 20)
     assert done == [(0, 5)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threads_work_in_a_forked_child(monkeypatch):
+    """The worker pool does not survive fork(); a child must build its own instead of waiting forever."""
+    from dnnspec.engine import threads
+
+    monkeypatch.setenv("DNNSPEC_THREADS", "2")
+    pieces = []
+    with threads.own_threads():
+        threads.parallel(lambda lo, hi: pieces.append((lo, hi)), 4, 1 << 20)  # the parent's pool exists
+    assert sorted(pieces) == [(0, 2), (2, 4)]
+    pid = os.fork()
+    if pid == 0:  # child: split again, exit 0 on success
+        try:
+            got = []
+            with threads.own_threads():
+                threads.parallel(lambda lo, hi: got.append((lo, hi)), 4, 1 << 20)
+            os._exit(0 if sorted(got) == [(0, 2), (2, 4)] else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the forked child hung on the thread pool")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -92,6 +92,16 @@ def active() -> bool:
     return _active > 0
 
 
+def _forget_pool_after_fork() -> None:
+    """In a forked child the pool's threads do not exist: start afresh (else a submit would wait forever)."""
+    global _pool, _lock, _active
+    _pool, _lock, _active = None, threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _workers(k: int) -> ThreadPoolExecutor:
     global _pool
     with _lock:
