@@ -50,11 +50,11 @@ def burst(loop, batcher: Batcher, size: int, start: int) -> tuple[float, list]:
 
 
 def test_batches_close_at_the_usual_size_and_probe_every_eighth(loop):
-    """Window 2 s (idle gap 0.25 s): the first burst waits out the gap, later bursts of the same
+    """Window 4 s (idle gap 0.5 s): the first burst waits out the gap, later bursts of the same
     size close as soon as they are complete, and every 8th batch waits again (a probe)."""
     model = FakeModel()
     with ThreadPoolExecutor(2) as pool:
-        b = Batcher(model, max_batch=64, window_s=2.0, pool=pool)
+        b = Batcher(model, max_batch=64, window_s=4.0, pool=pool)
         times = []
         for k in range(9):
             seconds, outs = burst(loop, b, 5, 10 * k)
@@ -62,20 +62,20 @@ def test_batches_close_at_the_usual_size_and_probe_every_eighth(loop):
             assert [o["y"][0, 0] for o in outs] == [2.0 * (10 * k + i) for i in range(5)]
         loop.run_until_complete(b.close())
     assert model.runs == [5] * 9
-    slow = [i for i, t in enumerate(times) if t >= 0.2]
+    slow = [i for i, t in enumerate(times) if t >= 0.45]
     assert slow == [0, 7], times  # batch 1: no history yet; batch 8: the probe
-    assert all(t < 0.15 for i, t in enumerate(times) if i not in slow), times
+    assert all(t < 0.3 for i, t in enumerate(times) if i not in slow), times
 
 
 def test_the_usual_size_only_stops_waiting_and_never_splits_queued_requests(loop):
     """After batches of 3, a burst of 6 already queued runs as one batch of 6, without waiting."""
     model = FakeModel()
     with ThreadPoolExecutor(2) as pool:
-        b = Batcher(model, max_batch=64, window_s=2.0, pool=pool)
+        b = Batcher(model, max_batch=64, window_s=4.0, pool=pool)
         burst(loop, b, 3, 0)                           # no history: waits out the idle gap, natural size 3
         seconds, outs = burst(loop, b, 6, 100)
         loop.run_until_complete(b.close())
-    assert model.runs == [3, 6] and seconds < 0.15, (model.runs, seconds)
+    assert model.runs == [3, 6] and seconds < 0.3, (model.runs, seconds)
     assert [o["y"][0, 0] for o in outs] == [2.0 * (100 + i) for i in range(6)]
 
 

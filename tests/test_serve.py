@@ -337,10 +337,10 @@ def test_slow_body_gets_408_and_slow_inference_503(repo):
         head, _, body = reply.partition("\r\n\r\n")
         assert head.startswith("HTTP/1.1 408") and "not received within 0.5 s" in json.loads(body)["error"]
 
-        async def stuck(inputs, rows):
-            await asyncio.sleep(5)
+        def stuck(inputs, rows):  # a future nobody completes
+            return asyncio.get_running_loop().create_future()
 
-        server.state.batchers[("mlp", "1")].infer = stuck
+        server.state.batchers[("mlp", "1")].submit = stuck
         body, headers = binary_infer(rows(1))
         status, _, raw = server.request("POST", "/v2/models/mlp/infer", body, headers)
         assert status == 503 and "inference timed out after 0.5 s" in json.loads(raw)["error"]
@@ -398,7 +398,8 @@ def concurrent_infer(server: Running, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def test_dynamic_batching_merges_concurrent_requests(repo):
-    server = Running(repo, batch_window_ms=200, max_batch=64)
+    # a long window: its idle gap (window/8 = 250 ms) must outlast 16 threads connecting on a busy machine
+    server = Running(repo, batch_window_ms=2000, max_batch=64)
     try:
         xs = [rows(1 + i % 3, seed=100 + i) for i in range(16)]
         results = concurrent_infer(server, xs)
@@ -414,7 +415,7 @@ def test_dynamic_batching_merges_concurrent_requests(repo):
 def test_nan_in_a_batched_request_fails_only_that_request(repo):
     """With batching on, the NaN/infinity check runs once per merged batch: the bad request gets
     its 400 with the usual message, the others in the same batch their exact answers."""
-    server = Running(repo, batch_window_ms=300, max_batch=64)
+    server = Running(repo, batch_window_ms=2000, max_batch=64)  # idle gap 250 ms: see the test above
     try:
         xs = [rows(2, seed=50 + i) for i in range(6)]
         xs[2][1, 5], xs[4][0, 0] = np.nan, np.inf

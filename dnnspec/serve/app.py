@@ -203,7 +203,7 @@ class Server:
                                           m.output_names, self.config.max_rows,
                                           check_finite=not batcher.enabled)  # else once per batch
                 phase = "inference"
-                outputs = await batcher.infer(req.inputs, req.rows)
+                outputs = await batcher.submit(req.inputs, req.rows)
             except asyncio.CancelledError:
                 if not self.deadlines.expired(task):
                     raise  # cancelled for another reason (shutdown): not ours to answer

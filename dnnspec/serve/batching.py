@@ -36,7 +36,7 @@ from .models import ServedModel
 from .protocol import InferenceError, finite_rows, require_finite
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
@@ -66,16 +66,24 @@ class Batcher:
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Outputs for ``inputs`` (``rows`` rows), run alone or inside a merged batch."""
+        return await self.submit(inputs, rows)
+
+    def submit(self, inputs: dict[str, np.ndarray], rows: int) -> asyncio.Future:
+        """Queue ``inputs`` (``rows`` rows); the future gets the outputs (or the error) of its rows.
+
+        Called from the event loop. The server awaits the future itself (one coroutine
+        layer less per request than :meth:`infer`); cancelling it drops the request.
+        """
         loop = asyncio.get_running_loop()
         if not self.enabled:
-            return await loop.run_in_executor(self._pool, self.model.run, inputs)
+            return loop.run_in_executor(self._pool, self.model.run, inputs)
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._work())
-        item = _Pending(inputs, rows, loop.create_future())
-        self._pending.append(item)
+        future = loop.create_future()
+        self._pending.append(_Pending(inputs, rows, future))
         self._wake.set()
-        return await item.future
+        return future
 
     async def close(self) -> None:
         """Stop the worker (after the server has finished its requests) and its thread."""
