@@ -178,3 +178,48 @@ def test_batcher_respects_max_batch(tmp_path):
 
     asyncio.run(go())
     assert model.stats.execution_count == 3 and model.stats.inference_count == 15  # 6 + 6 + 3 rows
+
+
+def _binary_body(x: np.ndarray, **extra) -> tuple[bytes, str]:
+    raw = x.astype("<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(raw)}}], **extra}).encode()
+    return head + raw, str(len(head))
+
+
+def test_a_repeated_binary_header_is_checked_once_and_still_decodes_each_body(monkeypatch):
+    """The second request with the same JSON header comes from the plan cache: its own tensor,
+    its own NaN check, and a body of another length is parsed (and refused) in full."""
+    from dnnspec.serve import protocol
+
+    monkeypatch.setattr(protocol, "_PLANS", {})
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), -np.arange(6, dtype=np.float32).reshape(2, 3)
+    body_a, hl = _binary_body(a, id="same")
+    body_b, hl_b = _binary_body(b, id="same")
+    assert hl == hl_b and body_a[:int(hl)] == body_b[:int(hl)]
+    ra = parse_infer_request(body_a, hl, SPEC, ["probabilities"], 100)
+    assert len(protocol._PLANS) == 1
+    rb = parse_infer_request(body_b, hl, SPEC, ["probabilities"], 100)
+    np.testing.assert_array_equal(ra.inputs["input"], a)
+    np.testing.assert_array_equal(rb.inputs["input"], b)
+    assert (rb.rows, rb.id) == (2, "same")
+    bad = b.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(InferenceError, match="contains NaN"):
+        parse_infer_request(_binary_body(bad, id="same")[0], hl, SPEC, ["probabilities"], 100)
+    short = body_b[:-4]  # same header, 4 bytes of tensor missing: not from the cache
+    with pytest.raises(InferenceError, match="runs past the end of the body"):
+        parse_infer_request(short, hl, SPEC, ["probabilities"], 100)
+    with pytest.raises(InferenceError, match="over the limit of 1 rows"):  # max_rows is part of the key
+        parse_infer_request(body_a, hl, SPEC, ["probabilities"], 1)
+
+
+def test_the_plan_cache_is_bounded(monkeypatch):
+    from dnnspec.serve import protocol
+
+    monkeypatch.setattr(protocol, "_PLANS", {})
+    monkeypatch.setattr(protocol, "PLAN_CACHE_SIZE", 3)
+    for i in range(5):
+        body, hl = _binary_body(np.ones((1, 3), np.float32), id=f"r{i}")
+        parse_infer_request(body, hl, SPEC, ["probabilities"], 100)
+    assert len(protocol._PLANS) == 3

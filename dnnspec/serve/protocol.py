@@ -106,20 +106,61 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
     return header, memoryview(body)[end:]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A checked binary-only request header: where each input's bytes lie, and the rest of the request."""
+
+    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]  # name, dtype, shape, offset, size
+    binary_size: int
+    rows: int
+    id: str | None
+    outputs: list[OutputRequest] | None
+    binary_output: bool
+    top_k: int
+    parameters: dict
+
+
+#: Checked headers by (header bytes, model inputs, output names, max_rows): clients send the
+#: same JSON header for every request of one shape (tritonclient does), so parsing and
+#: checking it once is enough; only the binary tensors differ. Bounded, oldest dropped first.
+_PLANS: dict[tuple, _Plan] = {}
+PLAN_CACHE_SIZE = 256
+
+
+def _from_plan(plan: _Plan, binary: memoryview, check_finite: bool) -> InferRequest:
+    arrays = {}
+    for name, dtype, shape, offset, size in plan.tensors:
+        arrays[name] = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+        if check_finite:
+            require_finite(arrays[name], name)
+    return InferRequest(inputs=arrays, rows=plan.rows, id=plan.id, outputs=plan.outputs,
+                        binary_output=plan.binary_output, top_k=plan.top_k, parameters=plan.parameters)
+
+
 def parse_infer_request(body: bytes, header_length: str | None, inputs: list[TensorSpec],
                         output_names: list[str], max_rows: int, check_finite: bool = True) -> InferRequest:
     """Check a V2 infer request against a model's inputs and outputs; raise InferenceError.
 
     ``check_finite=False`` leaves the NaN/infinity check of float inputs to the caller
     (the batcher does it once per merged batch, see :func:`require_finite`). Binary
-    inputs are read-only views of ``body``.
+    inputs are read-only views of ``body``. A request whose inputs are all binary has
+    its header checked once per distinct header (:data:`_PLANS`); ``outputs`` and
+    ``parameters`` of the result may then be shared between requests: read them only.
     """
+    key = None
+    if header_length is not None and header_length.isdigit() and 0 < int(header_length) <= len(body):
+        end = int(header_length)
+        key = (body[:end], tuple(inputs), tuple(output_names), max_rows)
+        plan = _PLANS.get(key)
+        if plan is not None and plan.binary_size == len(body) - end:
+            return _from_plan(plan, memoryview(body)[end:], check_finite)
     header, binary = split_body(body, header_length)
     params = _dict(header.get("parameters", {}), "parameters")
     req_inputs = header.get("inputs")
     if not isinstance(req_inputs, list) or not req_inputs:
         raise InferenceError("request needs a non-empty 'inputs' list")
-    arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs})
+    layout: list = []
+    arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs}, layout)
     if check_finite:
         for name, arr in arrays.items():
             require_finite(arr, name)
@@ -127,11 +168,17 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InferenceError("'id' must be a string")
-    return InferRequest(
+    request = InferRequest(
         inputs=arrays, rows=rows, id=request_id,
         outputs=_parse_outputs(header.get("outputs"), output_names),
         binary_output=bool(params.get("binary_data_output", False)),
         top_k=_parse_top_k(params.get("top_k", 0)), parameters=params)
+    if key is not None and len(layout) == len(arrays):  # every input binary: remember the checked header
+        if len(_PLANS) >= PLAN_CACHE_SIZE:
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = _Plan(tuple(layout), len(binary), rows, request.id, request.outputs, request.binary_output,
+                            request.top_k, request.parameters)
+    return request
 
 
 def _dict(value, what: str) -> dict:
@@ -140,8 +187,12 @@ def _dict(value, what: str) -> dict:
     return value
 
 
-def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
-    """Decode every input tensor (JSON ``data`` or binary) and check it against ``specs``."""
+def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorSpec],
+                  layout: list | None = None) -> dict[str, np.ndarray]:
+    """Decode every input tensor (JSON ``data`` or binary) and check it against ``specs``.
+
+    ``layout`` collects ``(name, dtype, shape, offset, size)`` of each binary input.
+    """
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in req_inputs:
@@ -161,6 +212,8 @@ def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorS
                 raise InferenceError(f"input '{name}': binary_data_size {size} runs past the end of the body "
                                      f"({len(binary) - offset} bytes left)")
             arrays[name] = _binary_tensor(binary[offset:offset + size], spec, shape)
+            if layout is not None:
+                layout.append((name, arrays[name].dtype, shape, offset, size))
             offset += size
     if offset != len(binary):
         raise InferenceError(f"the body has {len(binary) - offset} bytes of binary data that no input claims "
