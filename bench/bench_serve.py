@@ -1,6 +1,6 @@
 """Bounded load test of ``dnnspec serve`` on 127.0.0.1, with and without dynamic batching.
 
-    python bench/bench_serve.py                     # 3 rounds of 5,000 requests, concurrency 32, windows 0 and 2 ms
+    python bench/bench_serve.py                     # 5 rounds of 5,000 requests, concurrency 32, windows 0 and 2 ms
     python bench/bench_serve.py --requests 500 --windows 0,1,5 --rounds 1 --json out.json
 
 For each batch window it starts ``python -m dnnspec serve`` in a subprocess on a free
@@ -183,7 +183,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (server --threads)")
     p.add_argument("--workers", type=int, default=1, help="server processes (server --workers)")
     p.add_argument("--sizes", default="784,256,128,10", help="MLP layer widths, input first")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=int, default=5,
                    help="rounds; each runs every window once, so a round's ratios compare runs seconds apart")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()

@@ -327,6 +327,34 @@ def test_unknown_route_and_method_are_json_errors(served):
     assert status == 405 and "error" in json.loads(body)
 
 
+def test_cached_response_heads_give_the_same_bytes(repo):
+    """Binary answers reuse the JSON head of the last answer with the same outputs and shapes:
+    the bytes equal a fresh encoding for new data, other shapes, a selection, and an empty selection."""
+    from dnnspec.serve.protocol import OutputRequest, encode_response, parse_infer_request
+
+    server = Running(repo, batch_window_ms=0)
+    try:
+        state = server.state
+        m = state.repository.get("mlp")
+        cases = [dict(outputs=None, binary_output=True),
+                 dict(outputs=[OutputRequest("probabilities", True)], binary_output=False),
+                 dict(outputs=[], binary_output=True)]
+        for n in (1, 3, 3):
+            x = rows(n, seed=n * 7)
+            ref = reference(repo / "mlp.onnx", x)
+            for case in cases:
+                body, headers = binary_infer(x)
+                req = parse_infer_request(body, headers["Inference-Header-Content-Length"], m.inputs,
+                                          m.output_names, 100)
+                req.outputs, req.binary_output = case["outputs"], case["binary_output"]
+                got = state._encode(m, req, ref)
+                fresh = encode_response(*state._response_body(m, req, ref))
+                assert got == fresh
+        assert len(state._heads) == 4  # two cacheable cases x two shapes; the empty selection is not cached
+    finally:
+        server.stop()
+
+
 def test_slow_body_gets_408_and_slow_inference_503(repo):
     """The request deadline (timeout_s) covers the body (408 when it does not arrive) and the inference (503)."""
     server = Running(repo, batch_window_ms=0, timeout_s=0.5)

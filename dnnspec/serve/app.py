@@ -39,6 +39,7 @@ from .protocol import (
     InferenceError,
     InferRequest,
     OutputRequest,
+    binary_chunk,
     classification,
     encode_response,
     output_entry,
@@ -92,6 +93,7 @@ class Server:
         self.batchers = {(m.name, m.version): Batcher(m, config.max_batch, window, self.pool)
                          for m in repository.all()}
         self.deadlines = Deadlines(config.timeout_s)
+        self._heads: dict[tuple, tuple[bytes, list[str], dict[str, str]]] = {}  # see _encode
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -212,7 +214,7 @@ class Server:
                 raise InferenceError(f"inference timed out after {limit_s:g} s", 503) from None
             finally:
                 self.deadlines.discard(task)
-            content, extra = encode_response(*self._response_body(m, req, outputs))
+            content, extra = self._encode(m, req, outputs)
             status = 200
         except InferenceError as e:
             content, extra, status = _error_body(str(e)), {"content-type": "application/json"}, e.status
@@ -262,6 +264,32 @@ class Server:
         if len(out) > limit:
             raise InferenceError(f"decompressed request body is over the limit of {limit} bytes", 413)
         return out
+
+    def _encode(self, m: ServedModel, req: InferRequest, outputs: dict) -> tuple[bytes, dict[str, str]]:
+        """The response bytes and headers. Binary-only answers without an ``id`` reuse the JSON head
+        made for the last answer of the same outputs and shapes (it depends on nothing else)."""
+        key = None
+        if req.id is None and not req.top_k:
+            selection = req.outputs
+            if selection is None:
+                if req.binary_output:
+                    key = (m.name, m.version, None, tuple((k, v.shape, v.dtype.str) for k, v in outputs.items()))
+            elif all(sel.binary and not sel.classification for sel in selection):
+                key = (m.name, m.version, tuple(sel.name for sel in selection),
+                       tuple((outputs[sel.name].shape, outputs[sel.name].dtype.str) for sel in selection))
+        if key is not None:
+            cached = self._heads.get(key)
+            if cached is not None:
+                head, names, extra = cached
+                return b"".join([head, *(binary_chunk(outputs[n]) for n in names)]), extra
+        body, chunks = self._response_body(m, req, outputs)
+        content, extra = encode_response(body, chunks)
+        if key is not None and chunks and all(outputs[e["name"]].dtype != object for e in body["outputs"]):
+            if len(self._heads) >= 256:
+                del self._heads[next(iter(self._heads))]
+            head = content[:int(extra["inference-header-content-length"])]
+            self._heads[key] = (head, [e["name"] for e in body["outputs"]], extra)
+        return content, extra
 
     def _response_body(self, m: ServedModel, req: InferRequest, outputs: dict) -> tuple[dict, list[bytes]]:
         """The JSON part of the response and the binary chunks that follow it."""
@@ -400,8 +428,10 @@ def serve(config: ServeConfig) -> None:
     repository = load_repository(config.model_path, config.provider, config.threads)
     sock = bind_socket(config.host, config.port)
     _announce(repository, config, sock.getsockname()[1])
+    # proxy_headers off: nothing here reads the client address (no access log), and the
+    # middleware it adds is one more coroutine layer per request.
     kwargs = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=config.timeout_s + 5,
-                  server_header=False)
+                  server_header=False, proxy_headers=False)
     if config.workers > 1:
         sock.close()  # uvicorn's supervisor binds again and shares the socket with its workers
         config_to_env(config)

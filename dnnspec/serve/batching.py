@@ -20,6 +20,12 @@ batch size settles, and the last idle gap of every batch is saved too. Every 8th
 is not cut short this way, so its natural size is measured again and the usual size
 follows the load up as well as down.
 
+A batch runs in the model's runner thread (onnxruntime releases the GIL, so the event
+loop goes on reading requests meanwhile), except when its runs have lately taken less
+than ``INLINE_BELOW_S`` (0.2 ms, a moving average): then the hand-off to the thread and
+back costs more than the run, and it runs on the event loop itself. A model that gets
+slower (bigger batches) moves back to the thread on its own.
+
 A window of 0 turns batching off: each request runs alone in a thread pool.
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -50,6 +57,8 @@ class Batcher:
     IDLE_FRACTION = 1 / 8
     #: Every this many batches one is not closed at the usual size (so that the size can grow).
     PROBE_EVERY = 8
+    #: Batches whose session.run lately took less than this run on the event loop itself.
+    INLINE_BELOW_S = 200e-6
 
     def __init__(self, model: ServedModel, max_batch: int, window_s: float, pool: ThreadPoolExecutor):
         self.model = model
@@ -61,6 +70,7 @@ class Batcher:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._natural: collections.deque[int] = collections.deque(maxlen=self.PROBE_EVERY)
         self._batches = 0
+        self._run_s = float("inf")  # moving average of session.run seconds; unknown: use the thread
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -142,7 +152,12 @@ class Batcher:
                 return
             batch, merged = kept, self._merge(kept)
         try:
-            outputs = await loop.run_in_executor(self._runner, self.model.run, merged)
+            if self._run_s < self.INLINE_BELOW_S:  # shorter than a hand-off to the runner thread and back
+                t0 = time.perf_counter()
+                outputs = self.model.run(merged)
+                self._run_s = 0.8 * self._run_s + 0.2 * (time.perf_counter() - t0)
+            else:
+                outputs = await loop.run_in_executor(self._runner, self._timed_run, merged)
         except Exception as e:  # a model failure fails every request of the batch, not the worker
             for p in batch:
                 if not p.future.done():
@@ -153,6 +168,13 @@ class Batcher:
             if not p.future.done():
                 p.future.set_result({k: v[start:start + p.rows] for k, v in outputs.items()})
             start += p.rows
+
+    def _timed_run(self, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """model.run in the runner thread, keeping a moving average of its duration."""
+        t0 = time.perf_counter()
+        outputs = self.model.run(merged)
+        self._run_s = 0.8 * self._run_s + 0.2 * (time.perf_counter() - t0)
+        return outputs
 
     @staticmethod
     def _merge(batch: list[_Pending]) -> dict[str, np.ndarray]:

@@ -392,12 +392,17 @@ def encode_bytes(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def binary_chunk(arr: np.ndarray) -> bytes:
+    """The binary tensor data of a numeric output (little-endian, row-major)."""
+    return np.ascontiguousarray(arr, DATATYPES[_DATATYPE_OF[arr.dtype]]).tobytes()
+
+
 def output_entry(name: str, arr: np.ndarray, binary: bool, chunks: list[bytes]) -> dict:
     """The JSON for one output; its bytes go on ``chunks`` when ``binary``."""
     datatype = "BYTES" if arr.dtype == object else _DATATYPE_OF[arr.dtype]
     entry = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
     if binary:
-        raw = encode_bytes(arr) if datatype == "BYTES" else np.ascontiguousarray(arr, DATATYPES[datatype]).tobytes()
+        raw = encode_bytes(arr) if datatype == "BYTES" else binary_chunk(arr)
         entry["parameters"] = {"binary_data_size": len(raw)}
         chunks.append(raw)
     else:
