@@ -315,9 +315,11 @@ def test_relu_maxpool_run_as_maxpool_relu_gives_identical_results(monkeypatch, p
     ({"filters": 6, "kernel": 3}, {"kernel": 2}, (6, 9, 9)),                            # rows layout (K = 54)
     ({"filters": 6, "kernel": 3, "bias": False}, {"kernel": 2}, (6, 8, 7)),             # rows, no bias
     ({"filters": 3, "kernel": 2, "bias": False}, {"kernel": 2}, (2, 7, 7)),             # unfold, no bias
+    ({"filters": 5, "kernel": 3, "padding": "same"}, {"kernel": 2}, (6, 8, 8)),         # rows, windows cover all
 ])
+@pytest.mark.parametrize("bn", [False, True], ids=["direct", "through-batchnorm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv, pool, shape, dtype):
+def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv, pool, shape, dtype, bn):
     """A conv2d handing its output window-major to the maxpool after it (Net.fuse_conv_maxpool):
     forward, loss and every gradient as with the plain NCHW hand-over; exact with integers.
 
@@ -325,8 +327,8 @@ def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv
     row-major order must get the gradient), and every product is exact, so float64 results
     must be identical; float32 may differ by the GEMMs' summation order only.
     """
-    model = ir.model_from_layers(shape, [
-        ("conv2d", conv), ("relu", {}), ("maxpool", pool), ("conv2d", {"filters": 2, "kernel": 1}),
+    model = ir.model_from_layers(shape, [("conv2d", conv)] + [("batchnorm", {})] * bn + [
+        ("relu", {}), ("maxpool", pool), ("conv2d", {"filters": 2, "kernel": 1}),
         ("flatten", {}), ("dense", {"units": 3}), ("softmax", {})])
     rng = np.random.default_rng(7)
     x = rng.integers(-2, 3, (5, *shape)).astype(dtype)
@@ -338,13 +340,22 @@ def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv
         kernel = net.params["conv1.kernel"]
         kernel[...] = rng.integers(-2, 3, kernel.shape) if not results else results[0][4]
         conv1 = net.run_body[0]
-        assert (conv1.pool is not None) == fuse and conv1.layout == ("rows" if shape[0] == 6 else "unfold")
+        pooled = fuse and (not bn or net.run_body[1 + bn]._covers_all())
+        assert (conv1.pool is not None) == pooled and conv1.layout == ("rows" if shape[0] == 6 else "unfold")
+        if bn and shape in ((2, 8, 8), (2, 7, 7), (6, 8, 8)):
+            assert pooled == fuse  # these cases do go through the batch norm
+        if bn:  # through a batch norm only when the windows cover every pixel (its statistics count them all)
+            assert (net.run_body[1].layout is not None) == pooled
         loss, grads = net.loss_and_grads(x, y)
         results.append((net.forward(x), net.logits(x), loss, {k: v.copy() for k, v in grads.items()},
-                        kernel.copy()))
-    (p0, z0, l0, g0, _), (p1, z1, l1, g1, _) = results
+                        kernel.copy(), {k: v.copy() for k, v in net.params.items() if "running" in k}))
+    (p0, z0, l0, g0, _, r0), (p1, z1, l1, g1, _, r1) = results
     assert (g0["conv1.kernel"] != 0).any()
-    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    tol = {"rtol": 1e-10, "atol": 1e-11}
+    if dtype == np.float32:  # float32 GEMMs and batch-norm sums add up in another order
+        tol = {"rtol": 1e-4, "atol": 1e-5} if bn else {"rtol": 1e-5, "atol": 1e-6}
+    for k in r0:  # batch-norm running statistics, from the blocks' channels
+        np.testing.assert_allclose(r1[k], r0[k], err_msg=k, **tol)
     np.testing.assert_allclose(p1, p0, **tol)
     np.testing.assert_allclose(z1, z0, **tol)
     np.testing.assert_allclose(l1, l0, **tol)
@@ -480,3 +491,38 @@ def test_threads_work_in_a_forked_child(monkeypatch):
             pytest.fail("the forked child hung on the thread pool")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_conv_batchnorm_maxpool_through_both_layouts_matches_finite_differences():
+    """conv (unfold) -> batchnorm -> relu -> maxpool -> conv (rows) -> batchnorm -> relu -> maxpool,
+    both norms passing window-major blocks, in float64 against finite differences."""
+    model = ir.model_from_layers((2, 8, 8), [
+        ("conv2d", {"filters": 4, "kernel": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+        ("maxpool", {"kernel": 2}),
+        ("conv2d", {"filters": 3, "kernel": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+        ("maxpool", {"kernel": 2}), ("flatten", {}), ("dense", {"units": 3}), ("softmax", {})])
+    net = Net(model, dtype=np.float64, seed=0)
+    norms = [op for op in net.run_body if op.layer.kind == "batchnorm"]
+    assert [op.layout for op in norms] == ["unfold", "rows"]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 8, 8))
+    y = rng.integers(0, 3, 3)
+    _, grads = net.loss_and_grads(x, y)
+    grads = {k: v.copy() for k, v in grads.items()}
+    saved = {k: v.copy() for k, v in net.params.items()}
+
+    def loss() -> float:
+        for k in saved:
+            if "running" in k:
+                net.params[k][...] = saved[k]
+        return net.loss_and_grads(x, y)[0]
+
+    for name in ("conv1.kernel", "conv1.bias", "bn1.gamma", "bn1.beta", "conv2.kernel", "conv2.bias",
+                 "bn2.gamma", "dense1.kernel"):
+        num = numeric_grad(loss, net.params[name])
+        err = rel_error(grads[name], num)
+        if name.endswith(".bias") and name.startswith("conv"):  # a batch norm right after cancels it: ~0
+            assert np.abs(grads[name]).max() < 1e-8 and np.abs(num).max() < 1e-6, name
+        else:
+            assert err < 1e-6, name
+    net.forward(x)  # evaluation mode through both layouts, running statistics

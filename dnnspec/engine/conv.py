@@ -143,7 +143,7 @@ class Conv2D(_WindowOp):
         self.grid: tuple[int, int] = self.out_hw
         self.pool: MaxPool | None = None
 
-    def feed_pool(self, pool: MaxPool) -> None:
+    def feed_pool(self, pool: MaxPool, through: Any = None) -> None:
         """Hand the output straight to ``pool`` (a maxpool with stride = kernel, no padding), window-major.
 
         The output pixels are computed in the order (i, j, r, s) = (offset inside the pool
@@ -154,9 +154,19 @@ class Conv2D(_WindowOp):
         floors away) are not computed at all: nothing reads them, and their gradient is 0.
         What the pool receives is no longer NCHW: ``(N, F, kk, gh*gw)`` ("unfold") or
         ``(N, kk, gh*gw, F)`` without the bias ("rows"; the pool calls :meth:`finish`).
+
+        ``through``: a batch norm between the two (conv -> batchnorm -> maxpool in run
+        order). It normalises the window-major blocks per channel as they pass (its
+        channel axis follows the layout), and the pool's maxima go to NCHW through it
+        (``BatchNorm.finish``); a "rows" conv then adds its bias itself.
         """
         self.block, self.grid, self.pool = pool.kernel, pool.out_hw, pool
         pool.producer = self
+        self.bias_before_pool = False
+        if through is not None:  # a batch norm between: it normalises the window-major blocks
+            through.pass_through(self, pool)
+            pool.producer = through
+            self.bias_before_pool = True  # "rows": batch norm must see the bias
 
     def _pixels(self, s_h: int, s_w: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shape and strides of the output pixels over an input with row/column strides s_h, s_w.
@@ -207,6 +217,9 @@ class Conv2D(_WindowOp):
         self._saved = (n, cols, wmat)
         if self.pool is not None:  # the pool takes the maxima first, then calls finish() on 1/kk of it
             (ph, pw), (gh, gw) = self.block, self.grid
+            if self.bias_before_pool and self.has_bias:
+                bias = params[self.key("bias")].astype(self.dtype, copy=False)
+                parallel(lambda lo, hi: np.add(ymf[lo:hi], bias, out=ymf[lo:hi]), len(ymf), ymf.size)
             return ymf.reshape(n, ph * pw, gh * gw, f)
         return self.finish(ymf.reshape(n, -1, f), params)
 

@@ -72,15 +72,24 @@ def _commute_relu_maxpool(ops: list[base.Op]) -> list[base.Op]:
 
 
 def _feed_pools(ops: list[base.Op]) -> None:
-    """Let every conv2d directly followed (in run order) by a tiling maxpool hand its output over window-major.
+    """Let every conv2d followed (in run order) by a tiling maxpool, directly or through one batchnorm,
+    hand its output over window-major.
 
     See :meth:`dnnspec.engine.conv.Conv2D.feed_pool`: the same values and gradients, in
     an order that spares the pool a transposing copy and a scatter, and the conv the
     pixels the pool floors away. Only the array passed between the two changes.
     """
-    for a, b in zip(ops, ops[1:]):
-        if a.layer.kind == "conv2d" and b.layer.kind == "maxpool" and b._tiles():
+    for i, a in enumerate(ops):
+        if a.layer.kind != "conv2d":
+            continue
+        b, c = (ops + [None, None])[i + 1:i + 3]
+        if b is not None and b.layer.kind == "maxpool" and b._tiles():
             a.feed_pool(b)
+        elif (b is not None and b.layer.kind == "batchnorm" and c is not None and c.layer.kind == "maxpool"
+              and c._covers_all()):
+            # conv -> batchnorm -> maxpool: the norm passes the blocks through. Only when the windows
+            # cover every pixel: the batch statistics must count the pixels a pool would floor away.
+            a.feed_pool(c, through=b)
 
 
 def _compile(layer: ir.Layer, dtype: np.dtype) -> base.Op:

@@ -38,10 +38,21 @@ def reduce_axes(param_size: int, ndim: int) -> tuple[int, ...]:
     return (0,) + tuple(range(2, ndim))
 
 
-def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum over every axis but 1 of a * b, without writing the product: (N, C, ...) -> (C,)."""
-    letters = "nc" + "hwdefg"[:a.ndim - 2]
-    return np.einsum(f"{letters},{letters}->c", a, b)
+def _channel_dot(a: np.ndarray, b: np.ndarray, axis: int = 1) -> np.ndarray:
+    """sum over every axis but ``axis`` of a * b, without writing the product: -> (C,)."""
+    letters = "abcdefgh"[:a.ndim]
+    return np.einsum(f"{letters},{letters}->{letters[axis % a.ndim]}", a, b)
+
+
+def _per_channel_piece(channel_axis: int):
+    """For threads.parallel pieces along axis 0: a per-channel broadcast array's part for rows lo..hi-1.
+
+    When axis 0 is the channel axis each piece takes its own channels; otherwise every
+    piece uses the whole (broadcast) array.
+    """
+    if channel_axis == 0:
+        return lambda arr, lo, hi: arr[lo:hi]
+    return lambda arr, lo, hi: arr
 
 
 def _reduce_to(g: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -284,6 +295,12 @@ class BatchNorm(BufferedOp):
     dx = gamma / sqrt(var + eps) * (dy - dbeta/m - xhat dgamma/m).
     """
 
+    #: Axis of the channels (features) in what forward receives: 1 for (N, F) and NCHW; a
+    #: conv feeding a max pool through this op (Conv2D.feed_pool) makes it 0 for its
+    #: window-major (C, M) ("unfold") or -1 for (N, kk, P, C) ("rows").
+    channel_axis = 1
+    layout: str | None = None  # the window-major layout passed through, for the pool
+
     def __init__(self, layer: Any, dtype: Any = np.float32):
         super().__init__(layer, dtype)
         self.kg, self.kb = self.key("gamma"), self.key("beta")
@@ -291,11 +308,32 @@ class BatchNorm(BufferedOp):
         self.momentum = float(self.opts["momentum"])
         self.eps = float(self.opts["eps"])
 
+    def pass_through(self, conv: Any, pool: Any) -> None:
+        """Normalise ``conv``'s window-major output on its way to ``pool`` (see Conv2D.feed_pool)."""
+        self.layout = conv.layout
+        self.channel_axis = 0 if conv.layout == "unfold" else -1
+        self.grid = pool.out_hw
+
+    def finish(self, ynhwc: np.ndarray, params) -> np.ndarray:
+        """("rows") the pool's maxima (N, P, C) -> (N, C, gh, gw) NCHW: one transposing copy."""
+        n, c = ynhwc.shape[0], ynhwc.shape[2]
+        y = self.buf("y_nchw", (n, c) + self.grid)
+        out, src = y.reshape(n, c, -1), ynhwc.transpose(0, 2, 1)
+        parallel(lambda lo, hi: np.copyto(out[lo:hi], src[lo:hi]), n, y.size)
+        return y
+
+    def _geometry(self, x: np.ndarray, c: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """(broadcast shape of a per-channel array, the axes summed over, the channel axis)."""
+        ax = self.channel_axis % x.ndim
+        cs = [1] * x.ndim
+        cs[ax] = c
+        return tuple(cs), tuple(i for i in range(x.ndim) if i != ax), ax
+
     def forward(self, x, params, training, rng):
         c = params[self.kg].size
-        cs, axes = (1, c) + (1,) * (x.ndim - 2), (0,) + tuple(range(2, x.ndim))
+        cs, axes, ax = self._geometry(x, c)
         gamma, beta = params[self.kg].reshape(cs), params[self.kb].reshape(cs)
-        self.training, self.cs, self.axes = training, cs, axes
+        self.training, self.cs, self.axes, self.ax = training, cs, axes, ax
         if not training:
             self.x = x
             self.scale = gamma / np.sqrt(params[self.kv].reshape(cs) + self.eps)
@@ -307,20 +345,21 @@ class BatchNorm(BufferedOp):
         mu = np.add.reduce(x, axis=axes, keepdims=True) / m
         xc = self.xc = self.buf("xc", x.shape)  # x - mu, kept for backward
         var = np.empty(c, self.dtype)
+        pc = _per_channel_piece(ax)
 
         def center(lo: int, hi: int) -> None:
-            np.subtract(x[lo:hi], mu, out=xc[lo:hi])
+            np.subtract(x[lo:hi], pc(mu, lo, hi), out=xc[lo:hi])
 
         parallel(center, len(x), x.size)
-        var[...] = _channel_dot(xc, xc) / m  # two passes, as the lecture: mean, then mean of squares
+        var[...] = _channel_dot(xc, xc, ax) / m  # two passes, as the lecture: mean, then mean of squares
         self.inv_std = 1.0 / np.sqrt(var + self.eps)
         self._update_running(params, mu.reshape(-1), var)
         scale = (gamma.reshape(-1) * self.inv_std).reshape(cs)
         y = self.buf("y", x.shape)
 
         def normalise(lo: int, hi: int) -> None:
-            np.multiply(xc[lo:hi], scale, out=y[lo:hi])
-            y[lo:hi] += beta
+            np.multiply(xc[lo:hi], pc(scale, lo, hi), out=y[lo:hi])
+            y[lo:hi] += pc(beta, lo, hi)
 
         parallel(normalise, len(x), x.size)
         return y
@@ -334,6 +373,8 @@ class BatchNorm(BufferedOp):
             r += (1.0 - m) * batch
 
     def backward(self, dy, params, grads):
+        if self.layout is not None:  # window-major from the pool: its blocks, our input's shape
+            dy = dy.reshape((self.xc if self.training else self.x).shape)
         if not self.training:
             return self._backward_eval(dy, params, grads)
         # With xc = x - mu and s = 1/sqrt(var + eps) per channel (xhat = xc s):
@@ -343,7 +384,7 @@ class BatchNorm(BufferedOp):
         gamma = params[self.kg].reshape(-1)
         xc, s = self.xc, self.inv_std
         dbeta = np.add.reduce(dy, axis=self.axes)
-        dyxc = _channel_dot(dy, xc)
+        dyxc = _channel_dot(dy, xc, self.ax)
         grad_out(grads, self.kb, params[self.kb])[...] = dbeta
         grad_out(grads, self.kg, params[self.kg])[...] = s * dyxc
         if not self.need_dx:
@@ -354,12 +395,13 @@ class BatchNorm(BufferedOp):
         c0 = (-a * dbeta / m).astype(self.dtype).reshape(self.cs)
         a = a.astype(self.dtype).reshape(self.cs)
         dx, tmp = self.buf("dx", dy.shape), self.buf("tmp", dy.shape)
+        pc = _per_channel_piece(self.ax)
 
         def piece(lo: int, hi: int) -> None:
             d = dx[lo:hi]
-            np.multiply(dy[lo:hi], a, out=d)
-            d += np.multiply(xc[lo:hi], b, out=tmp[lo:hi])
-            d += c0
+            np.multiply(dy[lo:hi], pc(a, lo, hi), out=d)
+            d += np.multiply(xc[lo:hi], pc(b, lo, hi), out=tmp[lo:hi])
+            d += pc(c0, lo, hi)
 
         parallel(piece, len(dy), dy.size)
         return dx
