@@ -30,3 +30,21 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, dtype=np.float64)
     denom = np.maximum(np.abs(a) + np.abs(b), 1e-8)
     return float(np.max(np.abs(a - b) / denom))
+
+
+def net_gradients(net, x, y, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (net.loss_and_grads gradient, centred differences)} for a float64 Net.
+
+    Batch-norm running statistics (which every training pass updates) are held fixed
+    while the loss is re-evaluated.
+    """
+    _, grads = net.loss_and_grads(x, y)
+    grads = {k: v.copy() for k, v in grads.items()}
+    running = {k: v.copy() for k, v in net.params.items() if "running" in k}
+
+    def loss() -> float:
+        for k, v in running.items():
+            net.params[k][...] = v
+        return net.loss_and_grads(x, y)[0]
+
+    return {name: (grads[name], numeric_grad(loss, net.params[name])) for name in names}
