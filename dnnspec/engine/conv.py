@@ -44,6 +44,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..ir import Layer
 from ..shapes import conv_pads
+from . import threads
 from .base import Op, grad_out, register
 from .threads import matmul, parallel
 
@@ -142,6 +143,7 @@ class Conv2D(_WindowOp):
         self.block: tuple[int, int] = (1, 1)
         self.grid: tuple[int, int] = self.out_hw
         self.pool: MaxPool | None = None
+        self.bias_before_pool = False  # "rows" feeding a pool through a batch norm: add the bias first
 
     def feed_pool(self, pool: MaxPool, through: Any = None) -> None:
         """Hand the output straight to ``pool`` (a maxpool with stride = kernel, no padding), window-major.
@@ -152,7 +154,8 @@ class Conv2D(_WindowOp):
         and its gradient comes back in the same order, so neither side transposes or
         scatters. Pixels that no window covers (an odd last row or column, which the pool
         floors away) are not computed at all: nothing reads them, and their gradient is 0.
-        What the pool receives is no longer NCHW: ``(N, F, kk, gh*gw)`` ("unfold") or
+        What the pool receives is no longer NCHW: ``(F, M)`` with the M = N*kk*gh*gw pixels
+        ordered (i, j, n, r, s) ("unfold": one GEMM over the batch, see _forward_wide) or
         ``(N, kk, gh*gw, F)`` without the bias ("rows"; the pool calls :meth:`finish`).
 
         ``through``: a batch norm between the two (conv -> batchnorm -> maxpool in run
@@ -162,7 +165,6 @@ class Conv2D(_WindowOp):
         """
         self.block, self.grid, self.pool = pool.kernel, pool.out_hw, pool
         pool.producer = self
-        self.bias_before_pool = False
         if through is not None:  # a batch norm between: it normalises the window-major blocks
             through.pass_through(self, pool)
             pool.producer = through
@@ -227,16 +229,8 @@ class Conv2D(_WindowOp):
         """("rows") (N, P, F) pre-bias outputs -> y (N, F, gh, gw) NCHW plus the bias: one transposing copy."""
         n, f = ynhwc.shape[0], self.filters
         y = self.buf("y", (n, f) + self.grid)
-        blocks, out = ynhwc.transpose(0, 2, 1), y.reshape(n, f, -1)  # (N, F, P) view
         bias = params[self.key("bias")].astype(self.dtype, copy=False)[:, None] if self.has_bias else None
-
-        def piece(lo: int, hi: int) -> None:
-            if bias is not None:
-                np.add(blocks[lo:hi], bias, out=out[lo:hi])
-            else:
-                np.copyto(out[lo:hi], blocks[lo:hi])
-
-        parallel(piece, n, y.size)
+        threads.copy(y.reshape(n, f, -1), ynhwc.transpose(0, 2, 1), bias)
         return y
 
     def backward(self, dy, params, grads):
@@ -250,8 +244,7 @@ class Conv2D(_WindowOp):
             dyt = dy.reshape(m, f)
         else:
             dyt = self.buf("dyt", (m, f))  # (N*P, F)
-            dst, src = dyt.reshape(n, -1, f), dy.reshape(n, f, -1).transpose(0, 2, 1)
-            parallel(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), n, m * f)
+            threads.copy(dyt.reshape(n, -1, f), dy.reshape(n, f, -1).transpose(0, 2, 1))
         dw = matmul(dyt.T, cols, self.buf("dw", wmat.shape))
         dk = grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype)
         np.copyto(dk, dw.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
@@ -289,10 +282,10 @@ class Conv2D(_WindowOp):
 
     # --- "unfold" layout feeding a pool: ONE GEMM on cols (K+1, M), M window-major -------------
 
-    def _wide_dims(self, s_n: int, s_h: int, s_w: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Shape and strides of the M pixels (i, j, n, r, s) of the pool-fed "unfold" layout."""
+    def _wide_dims(self, n: int, s_n: int, s_h: int, s_w: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shape and strides of the M pixels (i, j, n, r, s) of the pool-fed "unfold" layout, n examples."""
         (ph, pw, gh, gw), (t_i, t_j, t_r, t_s) = self._pixels(s_h, s_w)
-        return (ph, pw, 0, gh, gw), (t_i, t_j, s_n, t_r, t_s)
+        return (ph, pw, n, gh, gw), (t_i, t_j, s_n, t_r, t_s)
 
     def _forward_wide(self, x: np.ndarray, params) -> np.ndarray:
         """Y (F, M) = wmat (F, K+1) @ cols (K+1, M), M = N*P ordered (i, j, n, r, s): window offset first.
@@ -312,8 +305,7 @@ class Conv2D(_WindowOp):
         cols = self.buf("cols_wide", (k1, n * self._npix()), fill=1.0)  # row k stays 1.0 (bias row)
         xp = self._padded_nchw(x, 0.0)
         s_n, s_c, s_h, s_w = xp.strides
-        dims, strides = self._wide_dims(s_n, s_h, s_w)
-        dims = dims[:2] + (n,) + dims[3:]
+        dims, strides = self._wide_dims(n, s_n, s_h, s_w)
         win = as_strided(xp, (c, kh, kw, *dims), (s_c, s_h, s_w, *strides), writeable=False)
         out = cols[:k].reshape(c, kh, kw, *dims)
         parallel(lambda lo, hi: np.copyto(out[:, :, :, :, :, lo:hi], win[:, :, :, :, :, lo:hi]), n, k * cols.shape[1])
@@ -337,8 +329,8 @@ class Conv2D(_WindowOp):
         dcols = matmul(wmat[:, :k].T, dym, self.buf("dcols_wide", (k, dym.shape[1])))
         dxp = self.buf("dxp", (n, c) + self.padded_hw)
         s_n, s_c, s_h, s_w = dxp.strides
-        dims, strides = self._wide_dims(s_n, s_h, s_w)
-        d = dcols.reshape(c, kh, kw, *dims[:2], n, *dims[3:])
+        dims, strides = self._wide_dims(n, s_n, s_h, s_w)
+        d = dcols.reshape(c, kh, kw, *dims)
         dx = self.buf("dx", (n,) + self.in_chw) if any(self.pads) else dxp
 
         def piece(lo: int, hi: int) -> None:  # examples lo..hi-1: disjoint parts of dxp and dx
@@ -496,7 +488,7 @@ class MaxPool(_WindowOp):
         return dx
 
     # Window-major input from the conv before (Conv2D.feed_pool): offset k of every window is one
-    # block, (N, C, kk, P) for an "unfold" conv, (N, kk, P, C) for a "rows" one (P = OH*OW). The
+    # block, (C, kk, N*P) for an "unfold" conv, (N, kk, P, C) for a "rows" one (P = OH*OW). The
     # max is kk-1 elementwise maxima of whole blocks. For 2x2 windows the first maximum in
     # row-major order is a tournament of three comparisons, kept as three boolean masks:
     #   top = max(x0, x1) >= max(x2, x3),  left01 = x0 >= x1,  left23 = x2 >= x3

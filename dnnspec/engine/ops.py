@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import threads
 from .base import Op, grad_out, register
 from .threads import matmul, parallel
 
@@ -318,8 +319,7 @@ class BatchNorm(BufferedOp):
         """("rows") the pool's maxima (N, P, C) -> (N, C, gh, gw) NCHW: one transposing copy."""
         n, c = ynhwc.shape[0], ynhwc.shape[2]
         y = self.buf("y_nchw", (n, c) + self.grid)
-        out, src = y.reshape(n, c, -1), ynhwc.transpose(0, 2, 1)
-        parallel(lambda lo, hi: np.copyto(out[lo:hi], src[lo:hi]), n, y.size)
+        threads.copy(y.reshape(n, c, -1), ynhwc.transpose(0, 2, 1))
         return y
 
     def _geometry(self, x: np.ndarray, c: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:

@@ -11,7 +11,9 @@ workers plus the calling thread:
 
 * :func:`parallel` runs ``fn(lo, hi)`` over pieces of a range (examples, channels);
 * :func:`matmul` is ``np.matmul`` with the output split along its longest axis, or
-  along the reduction axis with partial sums when the output is small.
+  along the reduction axis with partial sums when the output is small;
+* :func:`copy` is a layout-changing copy (optionally adding a broadcast array) split
+  along axis 0.
 
 Outside the context both run as plain single calls, so ops work the same in any
 caller. Results do not depend on the thread count except through the order of the
@@ -124,6 +126,19 @@ def parallel(fn: Callable[[int, int], Any], n: int, size: int) -> None:
     parallel_pieces(fn, n, k)
 
 
+def copy(out: np.ndarray, src: np.ndarray, add: np.ndarray | None = None) -> np.ndarray:
+    """``out[...] = src`` (``+ add``, broadcast), split along axis 0 over the engine's threads.
+
+    For the layout changes between ops (``src`` a transposed view), where one strided
+    copy of the whole batch is a memory-bound pass worth splitting.
+    """
+    if add is None:
+        parallel(lambda lo, hi: np.copyto(out[lo:hi], src[lo:hi]), len(out), out.size)
+    else:
+        parallel(lambda lo, hi: np.add(src[lo:hi], add, out=out[lo:hi]), len(out), out.size)
+    return out
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, split over the engine's threads inside :func:`own_threads`.
 
@@ -175,4 +190,4 @@ def parallel_pieces(fn: Callable[..., Any], n: int, k: int, indexed: bool = Fals
         raise errors[0]
 
 
-__all__ = ["MATMUL_MIN", "PARALLEL_MIN", "active", "matmul", "own_threads", "parallel", "threads"]
+__all__ = ["MATMUL_MIN", "PARALLEL_MIN", "active", "copy", "matmul", "own_threads", "parallel", "threads"]
