@@ -42,8 +42,10 @@ from .protocol import (
     binary_chunk,
     classification,
     encode_response,
+    json_bytes,
     output_entry,
     parse_infer_request,
+    remember,
     top_k,
 )
 
@@ -74,7 +76,7 @@ class ServeConfig:
 
 
 def json_response(body: dict, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status, media_type="application/json")
+    return Response(json_bytes(body), status, media_type="application/json")
 
 
 def error_response(message: str, status: int) -> Response:
@@ -285,10 +287,8 @@ class Server:
         body, chunks = self._response_body(m, req, outputs)
         content, extra = encode_response(body, chunks)
         if key is not None and chunks and all(outputs[e["name"]].dtype != object for e in body["outputs"]):
-            if len(self._heads) >= 256:
-                del self._heads[next(iter(self._heads))]
             head = content[:int(extra["inference-header-content-length"])]
-            self._heads[key] = (head, [e["name"] for e in body["outputs"]], extra)
+            remember(self._heads, key, (head, [e["name"] for e in body["outputs"]], extra), 256)
         return content, extra
 
     def _response_body(self, m: ServedModel, req: InferRequest, outputs: dict) -> tuple[dict, list[bytes]]:
@@ -369,7 +369,7 @@ _INFER_HEADERS = frozenset({b"content-length", b"content-encoding", b"inference-
 
 
 def _error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
+    return json_bytes({"error": message})
 
 
 class InferFront:

@@ -153,9 +153,7 @@ class Batcher:
             batch, merged = kept, self._merge(kept)
         try:
             if self._run_s < self.INLINE_BELOW_S:  # shorter than a hand-off to the runner thread and back
-                t0 = time.perf_counter()
-                outputs = self.model.run(merged)
-                self._run_s = 0.8 * self._run_s + 0.2 * (time.perf_counter() - t0)
+                outputs = self._timed_run(merged)
             else:
                 outputs = await loop.run_in_executor(self._runner, self._timed_run, merged)
         except Exception as e:  # a model failure fails every request of the batch, not the worker
@@ -170,7 +168,7 @@ class Batcher:
             start += p.rows
 
     def _timed_run(self, merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """model.run in the runner thread, keeping a moving average of its duration."""
+        """model.run (on the event loop or in the runner thread), keeping a moving average of its duration."""
         t0 = time.perf_counter()
         outputs = self.model.run(merged)
         self._run_s = 0.8 * self._run_s + 0.2 * (time.perf_counter() - t0)

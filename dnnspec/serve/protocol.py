@@ -127,6 +127,18 @@ _PLANS: dict[tuple, _Plan] = {}
 PLAN_CACHE_SIZE = 256
 
 
+def remember(cache: dict, key, value, limit: int) -> None:
+    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``limit``."""
+    if key not in cache and len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+def json_bytes(obj) -> bytes:
+    """Compact JSON (no spaces), as every response body of the server is written."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def _from_plan(plan: _Plan, binary: memoryview, check_finite: bool) -> InferRequest:
     arrays = {}
     for name, dtype, shape, offset, size in plan.tensors:
@@ -174,10 +186,9 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
         binary_output=bool(params.get("binary_data_output", False)),
         top_k=_parse_top_k(params.get("top_k", 0)), parameters=params)
     if key is not None and len(layout) == len(arrays):  # every input binary: remember the checked header
-        if len(_PLANS) >= PLAN_CACHE_SIZE:
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = _Plan(tuple(layout), len(binary), rows, request.id, request.outputs, request.binary_output,
-                            request.top_k, request.parameters)
+        plan = _Plan(tuple(layout), len(binary), rows, request.id, request.outputs, request.binary_output,
+                     request.top_k, request.parameters)
+        remember(_PLANS, key, plan, PLAN_CACHE_SIZE)
     return request
 
 
@@ -412,7 +423,7 @@ def output_entry(name: str, arr: np.ndarray, binary: bool, chunks: list[bytes]) 
 
 def encode_response(body: dict, chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """The response bytes and headers: JSON alone, or JSON + binary with the header length."""
-    head = json.dumps(body, separators=(",", ":")).encode()
+    head = json_bytes(body)
     if not chunks:
         return head, {"content-type": "application/json"}
     return b"".join([head, *chunks]), {"content-type": "application/octet-stream",
