@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from timing import time_calls  # noqa: E402  (bench/timing.py)
+
 from dnnspec import ir  # noqa: E402
 from dnnspec.engine.net import Net  # noqa: E402
 from dnnspec.engine.optim import Adam  # noqa: E402
@@ -60,18 +62,6 @@ def load_batches(batch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
         idx = rng.choice(len(x), batch, replace=False)
         return x[idx], y[idx]
     return rng.integers(0, 256, (batch, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, batch)
-
-
-def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
-    """Seconds per call of ``step()``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 # --- the GEMMs of one training step ------------------------------------------------------
@@ -139,7 +129,7 @@ def gemm_bound(model: ir.Model, batch: int, repeats: int = 9) -> tuple[float, fl
     """(seconds per step, FLOPs per step, per-GEMM medians) of numpy's matmul at the step's shapes."""
     total_s, total_flops, rows = 0.0, 0.0, []
     for label, flops, call in step_gemms(model, batch):
-        med = statistics.median(time_steps(call, repeats, 2))
+        med = statistics.median(time_calls(call, repeats, 2))
         total_s += med
         total_flops += flops
         rows.append((label, med))
@@ -243,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     e_round, t_round, b_round, rows = [], [], [], None
     for _ in range(args.rounds):
         with engine.threads():
-            e_round.append(statistics.median(time_steps(engine, args.steps, 2)))
+            e_round.append(statistics.median(time_calls(engine, args.steps, 2)))
         if torch_step is not None:
-            t_round.append(statistics.median(time_steps(torch_step, args.steps, 2)))
+            t_round.append(statistics.median(time_calls(torch_step, args.steps, 2)))
         bound_s, flops, rows_r = gemm_bound(model, args.batch)
         b_round.append(bound_s)
         rows = rows if rows is not None else {label: [] for label, _ in rows_r}

@@ -23,12 +23,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from timing import time_calls  # noqa: E402  (bench/timing.py)
 
 from dnnspec import ir  # noqa: E402
 from dnnspec.engine.net import Net  # noqa: E402
@@ -46,14 +47,7 @@ MODELS = {
 
 def median_seconds(fn, calls: int, warmup: int) -> float:
     """Median wall time of one call of ``fn`` over ``calls`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, calls, warmup))
 
 
 def measure(name: str, fn_for_batch, reps: dict[int, int]) -> dict[str, float]:

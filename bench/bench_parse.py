@@ -9,8 +9,9 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import time_calls  # bench/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -27,25 +28,14 @@ def time_parse(runs: int) -> float:
     from dnnspec import frontend
 
     text = spec_200_layers()
-    frontend.parse(text)  # build the Lark parser once, as a long-running process would
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model = frontend.parse(text)
-        times.append(time.perf_counter() - t0)
-    assert len(model.layers) == 202
-    return statistics.median(times)
+    assert len(frontend.parse(text).layers) == 202  # builds the Lark parser once, as a long-running process would
+    return statistics.median(time_calls(lambda: frontend.parse(text), runs))
 
 
 def time_cli(runs: int) -> float:
     spec = str(ROOT / "specs" / "spirals.dnn")
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dnnspec", "check", spec], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_calls(lambda: subprocess.run(
+        [sys.executable, "-m", "dnnspec", "check", spec], cwd=ROOT, check=True, stdout=subprocess.DEVNULL), runs))
 
 
 def main() -> None:
