@@ -376,6 +376,29 @@ def test_slow_body_gets_408_and_slow_inference_503(repo):
         server.stop()
 
 
+def test_a_client_gone_before_its_body_gets_a_400_message(repo):
+    """At the ASGI level (over HTTP nobody would read it): a disconnect mid-body is a clear 400."""
+    state = create_app(load_repository(repo), ServeConfig(model_path=str(repo), batch_window_ms=0)).state.server
+    messages = iter([{"type": "http.request", "body": b'{"inp', "more_body": True}, {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/mlp/infer", "headers": []}
+        await state.infer_asgi("mlp", None, scope, receive, send)
+        await state.deadlines.close()
+
+    asyncio.run(go())
+    state.pool.shutdown()
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"]) == {"error": "the client disconnected before sending the whole body"}
+
+
 def test_infer_through_the_starlette_route_gives_the_same_answer(repo):
     """InferFront answers POST .../infer itself; the Starlette route behind it (used when the
     Starlette app is mounted on its own) gives the same response."""
