@@ -64,14 +64,31 @@ def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[st
     if not path.exists():
         raise CheckpointError(f"{path}: no such {what}; check the path (train first with 'dnnspec train SPEC')")
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, expected a {what} file (.npz)")
+        raise CheckpointError(f"{path}: is a folder, not a {what} (.npz)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated {what} ({type(e).__name__}: {e}); "
                               f"restore it or train again") from None
-    meta_bytes = arrays.pop("meta", None)
+    return _decode_meta(path, arrays.pop("meta", None), what), arrays
+
+
+def read_meta(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Only the ``meta`` of a file of :func:`write_npz` (the arrays are not read); errors as :func:`read_npz`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what}; check the path (train first with 'dnnspec train SPEC')")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta_bytes = z["meta"] if "meta" in z.files else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated {what} ({type(e).__name__}: {e}); "
+                              f"restore it or train again") from None
+    return _decode_meta(path, meta_bytes, what)
+
+
+def _decode_meta(path: Path, meta_bytes: np.ndarray | None, what: str) -> dict[str, Any]:
     try:
         meta = json.loads(meta_bytes.tobytes().decode("utf-8")) if meta_bytes is not None else None
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -82,7 +99,7 @@ def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[st
     if meta["format"] > FORMAT_VERSION:
         raise CheckpointError(f"{path}: {what} format {meta['format']} is newer than this dnnspec "
                               f"understands ({FORMAT_VERSION}); upgrade dnnspec")
-    return meta, arrays
+    return meta
 
 
 # --- the model inside a file -------------------------------------------------------------
@@ -188,16 +205,24 @@ def save_net(net: Any, path: str | os.PathLike) -> Path:
 
 
 def load_net(path: str | os.PathLike, dtype: Any = None) -> Any:
-    """``dnnspec.load``: a Net rebuilt from a file of :func:`save_net` or a training checkpoint.
+    """``dnnspec.load``: a Net rebuilt from a file of :func:`save_net`, a training checkpoint or a run folder.
 
-    From a checkpoint, the weights of its last epoch are loaded. ``dtype`` defaults to the saved one.
+    From a checkpoint file, the weights of its last epoch are loaded. A run folder gives
+    the network ``dnnspec export RUN_DIR`` exports: its ``best.npz`` (else a saved model,
+    else ``checkpoint.npz`` with its best weights when it has them). ``dtype`` defaults to the saved one.
     """
     from .engine.net import Net
 
+    folder = Path(path).is_dir()
+    if folder:
+        from .export.runs import find_file
+
+        path = find_file(Path(path))
     meta, arrays = read_npz(path, "model file")
     model = model_from_meta(meta, str(path))
     net = Net(model, dtype=dtype or meta.get("dtype", "float32"))
-    restore_params(net.params, arrays, str(path))
+    best = folder and all(f"best/{k}" in arrays for k in net.params)
+    restore_params(net.params, arrays, str(path), prefix="best/" if best else "param/")
     return net
 
 
@@ -253,4 +278,4 @@ def check_same_spec(ckpt: Checkpoint, net: Any) -> None:
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "atomic_write_text",
            "check_same_spec", "load_checkpoint", "load_net", "model_from_dict", "model_from_meta",
-           "read_npz", "restore_params", "save_checkpoint", "save_net", "write_npz"]
+           "read_meta", "read_npz", "restore_params", "save_checkpoint", "save_net", "write_npz"]

@@ -14,6 +14,7 @@ is drawn as nothing.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from .errors import DataError, DnnspecError, UsageError
 
 HISTORY = "history.csv"
 CURVES = "curves.png"
@@ -57,21 +58,48 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of ``run_dir/history.csv`` as dicts of strings (columns as the row keys)."""
-    path = Path(run_dir) / HISTORY
-    if not Path(run_dir).is_dir():
+    """The rows of ``run_dir/history.csv`` as dicts of strings (columns as the row keys).
+
+    The trainer writes ``checkpoint.npz`` (which holds the same rows) and then history.csv:
+    a run killed between the two has a history.csv one save behind, or none. When the
+    run's checkpoint holds more epochs, its rows are returned instead, as history.csv would hold them.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
         raise UsageError(f"{run_dir}: no such run folder; give folders written by 'dnnspec train --out'")
+    saved = _checkpoint_rows(run)
+    path = run / HISTORY
     if not path.is_file():
+        if saved:
+            return saved
         raise UsageError(f"{run_dir}: not a run folder (no {HISTORY}); train into it with 'dnnspec train --out'")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
+        if saved:
+            return saved
         raise DataError(f"{path}: cannot read history ({e})") from None
+    if saved and len(saved) > len(rows):
+        return saved
     if not rows or "epoch" not in rows[0]:
         raise DataError(f"{path}: no epochs recorded (expected a header with epoch, loss, accuracy, val_loss, "
                         f"val_accuracy and a row per epoch)")
     return rows
+
+
+def _checkpoint_rows(run: Path) -> list[dict[str, str]] | None:
+    """The history rows inside ``run/checkpoint.npz`` formatted as in history.csv; None without a readable one."""
+    from .checkpoint import read_meta
+    from .engine.trainer import CHECKPOINT, History
+
+    if not (run / CHECKPOINT).is_file():
+        return None
+    try:
+        text = History(list(read_meta(run / CHECKPOINT)["rows"])).to_csv()
+    except (DnnspecError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # no usable checkpoint: history.csv is all there is
+    return list(csv.DictReader(io.StringIO(text))) or None
 
 
 def _series(rows: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:

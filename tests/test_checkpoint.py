@@ -174,3 +174,18 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_read_meta_reads_only_the_metadata(tmp_path):
+    from dnnspec.checkpoint import read_meta
+
+    net = dnnspec.compile(SPEC, seed=0)
+    path = save_checkpoint(tmp_path / "c.npz", net, {"t": np.array(3)}, None, {"epoch": 4, "rows": [{"epoch": 1}]})
+    meta = read_meta(path)
+    assert meta["epoch"] == 4 and meta["rows"] == [{"epoch": 1}] and meta["kind"] == "checkpoint"
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 3])
+    with pytest.raises(CheckpointError, match="cut.npz: corrupt or truncated"):
+        read_meta(tmp_path / "cut.npz")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_meta(tmp_path / "none.npz")

@@ -50,3 +50,33 @@ def test_new_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_remove_temporaries_deletes_only_leftovers_of_the_given_names(tmp_path):
+    from dnnspec.fileio import remove_temporaries, temporaries
+
+    left = [tmp_path / ".checkpoint.npz.k3j2h1g0.tmp", tmp_path / ".history.csv.abc_1234.tmp"]
+    keep = [tmp_path / "checkpoint.npz", tmp_path / ".other.npz.abcdefgh.tmp", tmp_path / "notes.tmp",
+            tmp_path / ".checkpoint.npz.k3j2h1g0.tmp.bak"]
+    for p in left + keep:
+        p.write_bytes(b"x")
+    names = ("checkpoint.npz", "history.csv", "best.npz")
+    assert temporaries(tmp_path, names) == sorted(left)
+    assert remove_temporaries(tmp_path, names) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+    assert remove_temporaries(tmp_path / "missing", names) == []
+
+
+def test_a_killed_write_leaves_a_temporary_that_remove_temporaries_finds(tmp_path):
+    """The name pattern of remove_temporaries is the one atomic_write really uses."""
+    from dnnspec.fileio import temporaries
+
+    seen = []
+
+    def look(f):
+        seen.extend(temporaries(tmp_path, ["m.onnx"]))
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "m.onnx", look)
+    assert len(seen) == 1 and seen[0].name.startswith(".m.onnx.")

@@ -286,3 +286,80 @@ def test_adam_updates_non_contiguous_parameters_in_place():
     opt = Adam({"w.kernel": w}, lr=0.1)
     opt.step({"w.kernel": w}, {"w.kernel": np.ones((4, 6), np.float32)})
     np.testing.assert_allclose(w, -0.1, rtol=1e-5)
+
+
+# --- the flush keeps the documented rule for every eps the schema allows -----------------
+
+# Per coordinate: gradients so small that s is ~1e-28..1e-25, far below the old flush floor
+# (tiny * 2^44 ~ 2e-25) yet large next to eps = 1e-30, and one ordinary coordinate.
+TINY_SCALES = np.array([1e-14, 1e-13, 3e-13, 1e-3])
+STEADY = [1.0] * 130                  # two flushes (steps 64 and 128)
+DYING = [1.0] * 20 + [0.0] * 110      # the unit dies: s and m decay while m/sqrt(s) stays O(1)
+
+ROOT_CASES = [
+    (Adam, {"lr": 1e-3, "eps": 1e-30}, lambda w, gs: ref_adam(w, gs, 1e-3, eps=1e-30)),
+    (Adam, {"lr": 1e-3, "beta2": 0.99, "eps": 1e-20}, lambda w, gs: ref_adam(w, gs, 1e-3, b2=0.99, eps=1e-20)),
+    (RMSProp, {"lr": 1e-3, "eps": 1e-30}, lambda w, gs: ref_rmsprop(w, gs, 1e-3, eps=1e-30)),
+    (AdaGrad, {"lr": 1e-3, "eps": 1e-30}, lambda w, gs: ref_adagrad(w, gs, 1e-3, eps=1e-30)),
+    (Adam, {"lr": 1e-3}, lambda w, gs: ref_adam(w, gs, 1e-3)),   # the default eps: flushes as before
+]
+
+
+@pytest.mark.parametrize("pattern", [STEADY, DYING], ids=["steady", "dying"])
+@pytest.mark.parametrize("cls,opts,ref", ROOT_CASES, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(ROOT_CASES)])
+def test_float32_flush_keeps_the_rule_for_tiny_eps(cls, opts, ref, pattern):
+    """float32 with the periodic flush against the documented formula in float64 (Python floats)."""
+    w0 = np.full(4, 0.5, np.float32)
+    params = {"k": w0.copy()}
+    opt = cls(params, **opts)
+    for f in pattern:
+        opt.step(params, {"k": (f * TINY_SCALES).astype(np.float32)})
+    expect = [ref(float(w0[i]), [f * float(np.float32(TINY_SCALES[i])) for f in pattern]) for i in range(4)]
+    np.testing.assert_allclose(params["k"], expect, rtol=1e-5)
+
+
+def test_issue_repro_adam_eps_1e_30():
+    params = {"w": np.zeros(4, np.float32)}
+    opt = Adam(params, lr=0.001, eps=1e-30)
+    for _ in range(70):
+        opt.step(params, {"w": np.full(4, 1e-13, np.float32)})
+    g = float(np.float32(1e-13))
+    assert ref_adam(0.0, [g] * 70, 0.001, eps=1e-30) == pytest.approx(-0.0700, abs=5e-5)
+    np.testing.assert_allclose(params["w"], ref_adam(0.0, [g] * 70, 0.001, eps=1e-30), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_root_flush_floor_is_under_half_a_rounding_error(dtype):
+    """Any s below the floor added to eps gives eps exactly: zeroing it does not change sqrt(s + eps)."""
+    from dnnspec.engine.optim import root_flush_floor
+
+    t = np.dtype(dtype).type
+    for eps in np.geomspace(1e-30, 1.0, 61):
+        for decay in (0.0, 0.9, 0.999):
+            floor = root_flush_floor(float(eps), decay, 64, np.dtype(dtype))
+            s = np.nextafter(t(floor), t(0))
+            assert s >= 0 and t(eps) + s == t(eps)
+    assert root_flush_floor(1e-8, 1.0, 64, np.dtype(np.float32)) == 0.0  # AdaGrad's sum: never flushed
+
+
+def test_adagrad_sum_is_never_flushed():
+    params = {"k": np.zeros(3, np.float32)}
+    opt = AdaGrad(params, lr=1e-3, eps=1e-30)
+    g = np.float32(1e-14)
+    for _ in range(200):
+        opt.step(params, {"k": np.full(3, g, np.float32)})
+    np.testing.assert_allclose(opt.state["s"]["k"], 200 * float(g) ** 2, rtol=1e-5)
+
+
+def test_default_eps_adam_s_never_goes_subnormal():
+    """With the default eps the root's floor is tiny * 2^44 as for m: s of dead units stays normal or zero."""
+    params = {"k": np.full(100, 0.5, np.float32)}
+    opt = Adam(params, lr=1e-3, beta2=0.9)
+    opt.step(params, {"k": np.full(100, 1e-3, np.float32)})
+    zero = {"k": np.zeros(100, np.float32)}
+    tiny = np.finfo(np.float32).tiny
+    for _ in range(1000):  # 0.9^1000 * 1e-7 is far below the subnormal range
+        opt.step(params, zero)
+        s = opt.state["s"]["k"]
+        assert not np.any((s != 0) & (s < tiny))
+    assert np.all(opt.state["s"]["k"] == 0)

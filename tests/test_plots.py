@@ -200,3 +200,25 @@ def test_cli_augment_preview_errors(tmp_path, image_data, capsys):
     assert main(["augment-preview", str(spec), "--data", str(tmp_path / "missing.npz")]) == 1
     assert "missing.npz: data file not found" in capsys.readouterr().err
     assert main(["augment-preview", str(spec), "--data", str(image_data), "-n", "0"]) == 2
+
+
+def test_plot_draws_the_checkpoints_history_when_history_csv_is_behind(tmp_path, capsys):
+    """A run killed between checkpoint.npz and history.csv: the checkpoint's rows are the true history."""
+    from dnnspec import ir
+    from dnnspec.engine.net import Net
+    from dnnspec.engine.trainer import fit
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 2)).astype(np.float32), rng.integers(0, 2, 120)
+    m = ir.model_from_layers((2,), [("dense", {"units": 2}), ("softmax", {})], train={"batch": 32, "seed": 1})
+    run = tmp_path / "run"
+    h = fit(Net(m), x, y, epochs=3, run_dir=run, progress=False)
+    lines = (run / "history.csv").read_text().splitlines(keepends=True)
+    (run / "history.csv").write_text("".join(lines[:2]))  # one epoch of three
+    rows = plots.read_history(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], h["loss"], rtol=1e-5)
+    (run / "history.csv").unlink()  # killed before the first history.csv was written
+    assert [r["epoch"] for r in plots.read_history(run)] == ["1", "2", "3"]
+    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0
+    capsys.readouterr()

@@ -103,3 +103,106 @@ def test_module_entry_point_runs(spec, tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout and "\r" not in r.stdout  # a pipe is not a terminal: plain lines
+
+
+# --- runs are never silently lost -----------------------------------------------------------
+
+
+def train(spec, tmp_path, out, *argv):
+    return main(["train", str(spec), "--data", str(tmp_path / "blobs.npz"), "--out", str(out),
+                 "--progress", "lines", *argv])
+
+
+def test_training_over_an_earlier_run_is_refused(spec, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(spec, tmp_path, out, "--epochs", "2") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert train(spec, tmp_path, out) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert err == (f"dnnspec: error: {out}: already holds a run (tiny_blobs, 2 of 2 epochs in checkpoint.npz); "
+                   f"add --resume (resume=True) to continue it or --overwrite (overwrite=True) to replace it")
+    assert "training" not in cap.out  # refused before the data was loaded
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_overwrite_replaces_the_run(spec, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(spec, tmp_path, out, "--epochs", "3") == 0
+    (out / "model.onnx").write_bytes(b"exported from the old run")
+    assert train(spec, tmp_path, out, "--epochs", "1", "--overwrite") == 0
+    assert meta(out / "checkpoint.npz")["epoch"] == 1
+    assert [r["epoch"] for r in csv.DictReader((out / "history.csv").open())] == ["1"]
+    assert not (out / "model.onnx").exists()
+    assert train(spec, tmp_path, out, "--resume", "--overwrite") == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+# A child process that trains and SIGKILLs itself at a chosen point of epoch KILL_AT's save.
+KILLER = """
+import json, os, signal, sys
+import numpy as np
+import dnnspec.checkpoint as ck
+from dnnspec.cli import main
+
+where, kill_at = sys.argv[1], int(sys.argv[2])
+real_save, real_savez = ck.save_checkpoint, np.savez
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def save_checkpoint(path, net, opt, best, state):  # the checkpoint is on disk, history.csv not yet
+    real_save(path, net, opt, best, state)
+    if where == "after-checkpoint" and state["epoch"] == kill_at:
+        die()
+
+def savez(file, **arrays):  # half-way through writing the checkpoint's temporary file
+    real_savez(file, **arrays)
+    if where == "inside-checkpoint" and "opt/t" in arrays \\
+            and json.loads(arrays["meta"].tobytes())["epoch"] == kill_at:
+        file.flush()
+        die()
+
+ck.save_checkpoint, np.savez = save_checkpoint, savez
+sys.exit(main(["train", *sys.argv[3:]]))
+"""
+
+
+def killed_run(spec, tmp_path, where, kill_at, epochs=3):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(script), where, str(kill_at), str(spec), "--data",
+                        str(tmp_path / "blobs.npz"), "--out", str(out), "--epochs", str(epochs)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr  # really killed, at the chosen point
+    return out
+
+
+def history_epochs(out):
+    return [r["epoch"] for r in csv.DictReader((out / "history.csv").open())]
+
+
+def test_sigkill_after_the_checkpoint_loses_no_history(spec, tmp_path, capsys):
+    from dnnspec.plots import read_history
+
+    out = killed_run(spec, tmp_path, "after-checkpoint", kill_at=2)
+    assert meta(out / "checkpoint.npz")["epoch"] == 2 and history_epochs(out) == ["1"]  # the crash state
+    assert [r["epoch"] for r in read_history(out)] == ["1", "2"]  # plot draws what the checkpoint holds
+    assert train(spec, tmp_path, out, "--epochs", "2", "--resume") == 0
+    assert "nothing to do: 2 of 2 epochs" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([r["loss"] for r in meta(out / "checkpoint.npz")["rows"]],
+                                                              rel=1e-5)
+
+
+def test_sigkill_inside_the_checkpoint_write_leaves_no_temporary_after_resume(spec, tmp_path, capsys):
+    out = killed_run(spec, tmp_path, "inside-checkpoint", kill_at=2)
+    assert len(list(out.glob(".checkpoint.npz.*.tmp"))) == 1 and meta(out / "checkpoint.npz")["epoch"] == 1
+    assert train(spec, tmp_path, out, "--epochs", "3", "--resume") == 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    text = capsys.readouterr().out
+    assert f"resuming at epoch 2 of 3: {out / 'checkpoint.npz'} holds 1 epoch\n" in text
+    assert history_epochs(out) == ["1", "2", "3"] and meta(out / "checkpoint.npz")["epoch"] == 3

@@ -233,3 +233,98 @@ def test_lr_override_and_schedule_reach_the_optimizer():
     x, y = blobs(100)
     h = fit(Net(model()), x, y, epochs=1, lr=0.123, progress=False)
     assert h["lr"] == [0.123]
+
+
+# --- runs are never silently lost ---------------------------------------------------------
+
+
+def run_files(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+def test_training_over_an_earlier_run_is_refused_and_leaves_it_whole(tmp_path):
+    x, y = blobs(200)
+    fit(Net(model()), x, y, epochs=3, run_dir=tmp_path, progress=False)
+    before = run_files(tmp_path)
+    with pytest.raises(UsageError) as err:
+        fit(Net(model()), x, y, epochs=2, run_dir=tmp_path, progress=False)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "3 of 3 epochs in checkpoint.npz" in msg and "\n" not in msg
+    assert "--resume" in msg and "--overwrite" in msg
+    assert run_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("present,expect", [
+    ({"history.csv": "epoch,lr,loss\n1,0.1,2\n2,0.1,1\n"}, "2 epochs in history.csv, no checkpoint"),
+    ({"best.npz": "x"}, "best weights in best.npz, no checkpoint"),
+    ({"checkpoint.npz": "not a zip"}, "an unreadable checkpoint.npz"),
+])
+def test_any_trace_of_a_run_counts_as_one(tmp_path, present, expect):
+    for name, text in present.items():
+        (tmp_path / name).write_text(text)
+    x, y = blobs(100)
+    with pytest.raises(UsageError, match=expect):
+        fit(Net(model()), x, y, epochs=1, run_dir=tmp_path, progress=False)
+
+
+def test_a_folder_with_no_run_in_it_is_trained_into(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "spec.dnn").write_text("left by a run killed before its first checkpoint")
+    x, y = blobs(100)
+    fit(Net(model()), x, y, epochs=1, run_dir=tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "checkpoint.npz").exists()
+
+
+def test_overwrite_deletes_the_whole_old_run_before_the_new_one_writes(tmp_path):
+    x, y = blobs(200)
+    fit(Net(model()), x, y, epochs=3, run_dir=tmp_path, progress=False)
+    (tmp_path / "model.onnx").write_bytes(b"the old run's export")
+    (tmp_path / "notes.txt").write_text("not the run's")
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    # checkpoint_every=0: the new run is stopped before it writes any checkpoint or history
+    with pytest.raises(KeyboardInterrupt):
+        fit(Net(model()), x, y, epochs=2, run_dir=tmp_path, progress=False, overwrite=True,
+            checkpoint_every=0, on_epoch=stop)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & {"checkpoint.npz", "history.csv", "model.onnx", "curves.png"}
+    assert "notes.txt" in names
+    h = fit(Net(model()), x, y, epochs=2, run_dir=tmp_path, progress=False, overwrite=True)
+    assert len(h) == 2 and len((tmp_path / "history.csv").read_text().splitlines()) == 3
+
+
+def test_resume_and_overwrite_together_and_a_file_as_run_dir_are_usage_errors(tmp_path):
+    x, y = blobs(100)
+    with pytest.raises(UsageError, match="give one of them"):
+        fit(Net(model()), x, y, run_dir=tmp_path, resume=True, overwrite=True, progress=False)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a run folder"):
+        fit(Net(model()), x, y, run_dir=tmp_path / "f", progress=False)
+
+
+def test_resume_repairs_a_short_history_even_with_nothing_to_do(tmp_path):
+    """The state a kill between checkpoint.npz and history.csv leaves: the csv one epoch short."""
+    x, y = blobs(200)
+    fit(Net(model()), x, y, epochs=3, run_dir=tmp_path, progress=False)
+    full = (tmp_path / "history.csv").read_text()
+    (tmp_path / "history.csv").write_text("".join(full.splitlines(keepends=True)[:3]))  # header + 2 epochs
+    buf = io.StringIO()
+    fit(Net(model()), x, y, epochs=3, run_dir=tmp_path, resume=True, progress="lines", out=buf)
+    assert "nothing to do: 3 of 3 epochs" in buf.getvalue()
+    assert (tmp_path / "history.csv").read_text() == full
+
+
+def test_resume_says_where_it_goes_on_and_clears_stale_temporaries(tmp_path):
+    x, y = blobs(200)
+    fit(Net(model()), x, y, epochs=2, run_dir=tmp_path, progress=False)
+    stale = [tmp_path / ".checkpoint.npz.x1y2z3w4.tmp", tmp_path / ".best.npz.abcdefgh.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    buf = io.StringIO()
+    fit(Net(model()), x, y, epochs=4, run_dir=tmp_path, resume=True, progress="lines", out=buf)
+    first = buf.getvalue().splitlines()[0]
+    assert first == f"resuming at epoch 3 of 4: {tmp_path / 'checkpoint.npz'} holds 2 epochs"
+    assert not any(p.exists() for p in stale)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())

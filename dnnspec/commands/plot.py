@@ -1,7 +1,8 @@
 """``dnnspec plot RUN_DIR... [-o out.png]``: learning curves of one or several runs on the same axes.
 
-Reads each run folder's ``history.csv`` (written by ``dnnspec train``) and draws training
-(solid) and validation (dashed) loss and accuracy per epoch. Needs matplotlib.
+Reads each run folder's ``history.csv`` (written by ``dnnspec train``; the checkpoint's own
+rows when ``history.csv`` is behind them, after a kill) and draws training (solid) and
+validation (dashed) loss and accuracy per epoch. Needs matplotlib.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
 ``Net(model, seed)`` -> ``trainer.fit``. The run folder (default ``runs/<network name>``)
-receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png.
+receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png. A folder that
+already holds a run is refused (before the data is loaded) unless ``--resume`` continues
+it or ``--overwrite`` replaces it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, metavar="X", help="override the optimizer's learning rate")
     parser.add_argument("--seed", type=int, metavar="N", help="override train seed (init, shuffling, dropout)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.npz")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in RUN_DIR (its files are deleted first)")
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N training examples (quick runs)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                         help="progress output (default auto: a bar on a terminal, lines otherwise)")
@@ -47,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import frontend
     from ..data import load_data
     from ..engine.net import Net
-    from ..engine.trainer import fit, test_line
+    from ..engine.trainer import check_run_dir, fit, test_line
 
     _check_args(args)
     model = frontend.load(args.spec)
+    run_dir = Path(args.out) if args.out else Path("runs") / model.name
+    check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)  # before the data: fail fast
     batch = args.batch or int(model.train["batch"])
     data = load_data(args.data, model, data_dir=args.data_dir, batch=min(batch, args.limit or batch))
     x, y = data.x_train, data.y_train
@@ -58,12 +64,11 @@ def run(args: argparse.Namespace) -> int:
         x, y = x[:args.limit], y[:args.limit]
     seed = args.seed if args.seed is not None else int(model.train["seed"])
     net = Net(model, seed=seed)
-    run_dir = Path(args.out) if args.out else Path("runs") / model.name
     out = sys.stdout
     out.write(f"training {model.name} on {data.name or args.data or model.data}: {len(x)} examples, "
               f"run folder {run_dir}\n")
-    history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
-                  resume=args.resume, progress=args.progress, x_test=data.x_test, y_test=data.y_test, out=out)
+    history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir, resume=args.resume,
+                  overwrite=args.overwrite, progress=args.progress, x_test=data.x_test, y_test=data.y_test, out=out)
     if history.test and args.progress == "none":  # the progress output already showed it otherwise
         out.write(test_line(history.test) + "\n")
     best = f", best epoch {history.best_epoch}" if history.best_epoch else ""

@@ -24,8 +24,16 @@ Subnormal floats: a gradient that is exactly zero (a dead ReLU unit) makes every
 trace (momentum, RMSProp's ``s``, Adam's ``m`` and ``s``) shrink geometrically until it is
 subnormal, and arithmetic on subnormals is tens of times slower on x86. Every ``K`` steps
 (``K`` chosen from the smallest decay rate so that a trace shrinks by at most 2^-40 in
-between) entries below ``tiny * 2^44`` (about 2e-25 in float32) are set to zero: such values
-move no weight measurably, and no trace ever reaches the subnormal range.
+between) small entries are set to zero; each optimizer's :meth:`Optimizer.flush_floors`
+says below what, per state slot (the one place to look for this rule):
+
+* traces outside the square root (momentum ``v``, Adam's ``m``): below ``tiny * 2^44``
+  (about 2e-25 in float32), so they never reach the subnormal range;
+* traces under ``sqrt(s + eps)`` (RMSProp's and Adam's ``s``): only below
+  :func:`root_flush_floor` as well, a bound relative to ``eps`` under which zeroing moves
+  ``s_hat + eps`` by less than half a rounding error, for any ``eps > 0``; AdaGrad's sum
+  never decays and is never flushed. Zeroing a squared-gradient state that is large next
+  to ``eps`` would change the step (by 23 % in Adam at ``eps=1e-30``).
 
 Speed: all state of one kind (``m``, ``s``, ``v``, scratch) lives in one flat buffer with a
 view per parameter, so the steps that do not touch a gradient run as one NumPy call over
@@ -58,6 +66,21 @@ def global_norm(grads: Mapping[str, np.ndarray], names: Iterable[str]) -> float:
         g = grads[n].reshape(-1)
         total += float(np.dot(g, g))
     return math.sqrt(total) if math.isfinite(total) else total
+
+
+def root_flush_floor(eps: float, decay: float, every: int, dtype: np.dtype) -> float:
+    """Below this, a trace ``s`` used as ``sqrt(s + eps)`` may be set to zero at each flush without leaving the rule.
+
+    floor = (u/2) * eps * (1 - decay^every), u = finfo(dtype).eps / 2 the unit roundoff
+    (2^-24 in float32, so u/2 = 2^-25). Proof: a part zeroed at a flush would have decayed by
+    ``decay`` per step; flushes are ``every`` steps apart, so at any later step the parts
+    zeroed so far sum to less than floor * (1 + decay^every + decay^(2 every) + ...) =
+    (u/2) * eps. ``s + eps`` thus moves by less than a relative u/2, under the rounding
+    error of the addition itself; the step ``g / sqrt(s + eps)`` by less than u/4.
+    ``decay = 1`` (AdaGrad's sum, which never shrinks and so never needs flushing) gives 0.
+    Adam passes ``eps * c2`` (its root holds ``s + eps * c2``, c2 = 1 - beta2^t, growing in t).
+    """
+    return float(np.finfo(dtype).eps) / 4.0 * eps * (1.0 - decay ** every)
 
 
 def flush_interval(decays: Iterable[float]) -> int:
@@ -165,11 +188,20 @@ class Optimizer:
         for n in self.names:
             params[n] -= self._tmp[n]
 
+    def flush_floors(self) -> dict[str, float]:
+        """Slot -> the |x| below which a flush sets its entries to zero (0: never flushed).
+
+        Here: every slot below ``tiny * 2^44``, right for traces outside any square root.
+        Optimizers with a trace under ``sqrt(s + eps)`` lower its floor to :func:`root_flush_floor`.
+        """
+        return dict.fromkeys(self.slots, self._flush_below)
+
     def _flush_tiny(self) -> None:
-        """Set state entries with |x| < tiny * 2^44 to zero (keeps decaying traces out of subnormals)."""
-        for slot in self.slots:
-            buf = self._flat[slot]
-            np.putmask(buf, np.abs(buf) < self._flush_below, 0)
+        """Zero the state entries below :meth:`flush_floors` (keeps decaying traces out of subnormals)."""
+        for slot, floor in self.flush_floors().items():
+            if floor > 0.0:
+                buf = self._flat[slot]
+                np.putmask(buf, np.abs(buf) < buf.dtype.type(floor), 0)
 
     # --- checkpoints -------------------------------------------------------------
 
@@ -241,6 +273,15 @@ class AdaGrad(Optimizer):
         self.eps = float(eps)
         super().__init__(params, names, **kw)
 
+    def s_decay(self) -> float:
+        """The factor ``s`` is multiplied by each step: 1 for AdaGrad's sum."""
+        return 1.0
+
+    def flush_floors(self) -> dict[str, float]:
+        """``s`` sits under sqrt(s + eps): zeroed only where that moves no step (never, for AdaGrad)."""
+        floor = root_flush_floor(self.eps, self.s_decay(), self._flush_every, self.dtype)
+        return {"s": min(self._flush_below, floor)}
+
     def _update(self, params, grads, lr):
         for n in self.names:
             np.multiply(grads[n], grads[n], out=self._sq[n])
@@ -273,6 +314,9 @@ class RMSProp(AdaGrad):
     def decays(self):
         return (self.beta,)
 
+    def s_decay(self) -> float:
+        return self.beta
+
     def _update(self, params, grads, lr):
         for n in self.names:
             np.multiply(grads[n], grads[n], out=self._sq[n])
@@ -301,6 +345,12 @@ class Adam(Optimizer):
 
     def decays(self):
         return (self.beta1, self.beta2)
+
+    def flush_floors(self) -> dict[str, float]:
+        """``m`` as any trace; ``s`` only where zeroing it cannot move ``sqrt(s + eps*c2)`` (root_flush_floor)."""
+        c2 = 1.0 - self.beta2 ** self.t
+        floor = root_flush_floor(self.eps * c2, self.beta2, self._flush_every, self.dtype)
+        return {"m": self._flush_below, "s": min(self._flush_below, floor)}
 
     def _update(self, params, grads, lr):
         m, s, tmp, sq = self._flat["m"], self._flat["s"], self._tmp_flat, self._sq_flat
@@ -363,4 +413,4 @@ def make_optimizer(step: Step, params: Mapping[str, np.ndarray], names: Iterable
 
 
 __all__ = ["OPTIMIZERS", "AdaGrad", "Adam", "Optimizer", "RMSProp", "SGD", "flush_interval", "global_norm",
-           "is_decayed", "make_optimizer"]
+           "is_decayed", "make_optimizer", "root_flush_floor"]

@@ -30,6 +30,13 @@ Resume restores weights, optimizer state, generator state, history and early-sto
 from ``checkpoint.npz``: a run stopped after epoch k and resumed ends bit-identical to one
 that never stopped (for schedules that depend on the total epoch count, with the same
 ``epochs``).
+
+Runs are never silently lost. A folder that already holds a run is refused unless
+``resume=True`` continues it or ``overwrite=True`` replaces it (its files are deleted, the
+checkpoint first, before the new run writes any). The checkpoint holds the history rows
+and is the commit point of an epoch: ``history.csv`` is a copy of its rows, rewritten
+after it, and repaired from it on resume, so a kill between the two writes loses nothing.
+Temporaries a killed write left behind are removed at the start of a run.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .. import fileio
 from ..errors import CheckpointError, DivergenceError, UsageError
 from .optim import global_norm, make_optimizer
 from .schedules import make_schedule
@@ -53,6 +61,12 @@ from .schedules import make_schedule
 CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"
 HISTORY = "history.csv"
+SPEC_COPY = "spec.dnn"
+CURVES = "curves.png"
+EXPORTED = "model.onnx"  # where 'dnnspec export RUN_DIR' writes by default: part of the run
+# Every file a run folder holds, the checkpoint first: an overwrite interrupted half-way
+# leaves a folder that cannot be resumed as if it were whole.
+RUN_FILES = (CHECKPOINT, HISTORY, BEST, SPEC_COPY, CURVES, EXPORTED)
 COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 TRAIN_KEYS = ("epochs", "batch", "validation", "seed", "early_stop", "checkpoint_every")
 EVAL_BATCH = 2048
@@ -110,7 +124,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         run_dir: str | Path | None = None, resume: bool = False, augment: Any = None,
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-        out: TextIO | None = None, **overrides: Any) -> History:
+        out: TextIO | None = None, overwrite: bool = False, **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -119,12 +133,16 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     ``progress``: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines", or
     False/None/"none" for silence; written to ``out`` (default stdout). ``on_epoch(epoch,
     row)`` is called after each epoch's row is recorded (raising stops training).
+    A ``run_dir`` that holds a run needs ``resume=True`` or ``overwrite=True`` (:func:`check_run_dir`).
     """
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
+    run = Path(run_dir) if run_dir is not None else None
+    check_run_dir(run, resume=resume, overwrite=overwrite)
+    if run is not None:
+        fileio.remove_temporaries(run, RUN_FILES)  # left by a write that was killed
     if seed is not None:
         net.rng = np.random.default_rng(seed)
     rng = net.rng
-    run = Path(run_dir) if run_dir is not None else None
     ckpt = _read_resume(run, net) if resume else None
     if ckpt is not None:
         rng.bit_generator.state = ckpt.meta["rng_split"]
@@ -137,7 +155,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     if ckpt is not None:
         loop.restore(ckpt)
     else:
-        loop.start_fresh()
+        loop.start_fresh(overwrite)
     loop.split_state = split_state
     history = loop.run()
     if x_test is not None and y_test is not None:
@@ -153,7 +171,7 @@ def _recipe(net: Any, epochs, batch, validation, seed, overrides: dict[str, Any]
     unknown = sorted(set(overrides) - set(TRAIN_KEYS))
     if unknown:
         raise UsageError(f"fit() got an unknown option {unknown[0]!r}; known: {', '.join(TRAIN_KEYS)}, "
-                         f"lr, x_val, y_val, run_dir, resume, augment, progress")
+                         f"lr, x_val, y_val, run_dir, resume, overwrite, augment, progress")
     cfg = dict(net.model.train)
     given = {"epochs": epochs, "batch": batch, "validation": validation, "seed": seed, **overrides}
     cfg.update({k: v for k, v in given.items() if v is not None})
@@ -202,10 +220,77 @@ def _read_resume(run: Path | None, net: Any):
         raise UsageError("resume needs a run folder: pass run_dir= (or --out)")
     path = run / CHECKPOINT
     if not path.exists():
-        raise CheckpointError(f"{path}: no checkpoint to resume; train without --resume first")
+        fix = "start it over with --overwrite" if describe_run(run) else "train without --resume first"
+        raise CheckpointError(f"{path}: no checkpoint to resume; {fix}")
     ckpt = load_checkpoint(path)
     check_same_spec(ckpt, net)
     return ckpt
+
+
+# --- the run folder --------------------------------------------------------------------
+
+
+def check_run_dir(run_dir: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> None:
+    """UsageError unless a run may be written into ``run_dir``.
+
+    A folder that already holds a run (a checkpoint, a history or best weights) is refused
+    with its epoch count, unless ``resume`` continues it or ``overwrite`` replaces it.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
+    if run_dir is None:
+        return
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise UsageError(f"{run}: is a file, not a run folder; choose another --out (run_dir=)")
+    held = None if resume or overwrite else describe_run(run)
+    if held:
+        raise UsageError(f"{run}: already holds a run ({held}); add --resume (resume=True) to continue it "
+                         f"or --overwrite (overwrite=True) to replace it")
+
+
+def describe_run(run: Path) -> str | None:
+    """What an earlier run left in ``run``, e.g. "tiny, 3 of 5 epochs in checkpoint.npz"; None when nothing."""
+    from ..checkpoint import read_meta
+
+    if (run / CHECKPOINT).is_file():
+        try:
+            meta = read_meta(run / CHECKPOINT)
+            name = meta["model"]["name"]
+            return f"{name}, {int(meta['epoch'])} of {_epochs(int(meta['epochs']))} in {CHECKPOINT}"
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            return f"an unreadable {CHECKPOINT}"
+    if (run / HISTORY).is_file():
+        try:
+            with open(run / HISTORY, newline="", encoding="utf-8") as f:
+                rows = sum(1 for _ in csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return f"an unreadable {HISTORY}, no checkpoint"
+        return f"{_epochs(rows)} in {HISTORY}, no checkpoint"
+    if (run / BEST).is_file():
+        return f"best weights in {BEST}, no checkpoint"
+    return None
+
+
+def _epochs(k: int) -> str:
+    return f"{k} epoch" + ("" if k == 1 else "s")
+
+
+def clear_run(run: Path) -> None:
+    """Delete every file of a run in ``run`` (RUN_FILES, the checkpoint first); other files stay."""
+    for name in RUN_FILES:
+        try:
+            (run / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot replace the run in {run}: cannot delete {run / name} "
+                             f"({e.strerror or e}); delete it by hand or choose another --out") from None
+
+
+def write_history(run: Path, rows: list[dict[str, Any]]) -> None:
+    """``run/history.csv`` from the rows, atomically (a copy of the checkpoint's history)."""
+    from ..checkpoint import atomic_write_text
+
+    atomic_write_text(run / HISTORY, History(rows).to_csv())
 
 
 def evaluate(net: Any, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None,
@@ -251,16 +336,28 @@ class _Loop:
 
     # --- starting -------------------------------------------------------------------
 
-    def start_fresh(self) -> None:
-        if self.run_dir is not None:
+    def start_fresh(self, overwrite: bool = False) -> None:
+        """A new run: with ``overwrite``, the earlier run's files go first (none of it is half-kept)."""
+        if self.run_dir is None:
+            return
+        if overwrite:
+            clear_run(self.run_dir)
+        try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.net.model.source:
-                from ..checkpoint import atomic_write_text
+        except OSError as e:
+            raise UsageError(f"cannot create the run folder {self.run_dir} ({e.strerror or e}); "
+                             f"choose another --out") from None
+        if self.net.model.source:
+            from ..checkpoint import atomic_write_text
 
-                atomic_write_text(self.run_dir / "spec.dnn", self.net.model.source)
+            atomic_write_text(self.run_dir / SPEC_COPY, self.net.model.source)
 
     def restore(self, ckpt) -> None:
-        """Put weights, optimizer, generator and bookkeeping back as the checkpoint saved them."""
+        """Put weights, optimizer, generator and bookkeeping back as the checkpoint saved them.
+
+        Also rewrites history.csv from the checkpoint's rows (a kill after the checkpoint,
+        before history.csv, left it an epoch short) and says where training goes on.
+        """
         meta = ckpt.meta
         for name, arr in ckpt.params.items():
             self.net.params[name][...] = arr
@@ -273,6 +370,11 @@ class _Loop:
         self.state = _State(meta["epoch"], meta["best_loss"] if meta["best_loss"] is not None else math.inf,
                             meta["best_epoch"], meta["wait"], meta["stopped_early"], list(meta["rows"]))
         self.best = {k: v.copy() for k, v in ckpt.best.items()} or None
+        write_history(self.run_dir, self.state.rows)
+        st = self.state
+        if st.epoch < self.epochs and not st.stopped_early:
+            self.progress.line(f"resuming at epoch {st.epoch + 1} of {self.epochs}: {ckpt.path} holds "
+                               f"{_epochs(st.epoch)}")
 
     # --- epochs ---------------------------------------------------------------------
 
@@ -391,9 +493,10 @@ class _Loop:
     # --- files ----------------------------------------------------------------------
 
     def _save(self) -> None:
+        """The checkpoint (with the history rows: the commit point of the epochs), then history.csv from it."""
         if self.run_dir is None:
             return
-        from ..checkpoint import atomic_write_text, save_checkpoint
+        from ..checkpoint import save_checkpoint
 
         st = self.state
         meta = {"epoch": st.epoch, "epochs": self.epochs, "best_loss": None if math.isinf(st.best_loss)
@@ -401,7 +504,7 @@ class _Loop:
                 "rows": st.rows, "rng": self.net.rng.bit_generator.state, "rng_split": self.split_state,
                 "train": dict(self.cfg)}
         save_checkpoint(self.run_dir / CHECKPOINT, self.net, self.opt.state_dict(), self.best, meta)
-        atomic_write_text(self.run_dir / HISTORY, History(st.rows).to_csv())
+        write_history(self.run_dir, st.rows)  # killed before this: restore() and plots.read_history repair it
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -483,4 +586,5 @@ def _write_curves(run: Path, rows: list[dict[str, Any]]) -> None:
         return
 
 
-__all__ = ["BEST", "CHECKPOINT", "COLUMNS", "HISTORY", "History", "evaluate", "fit"]
+__all__ = ["BEST", "CHECKPOINT", "COLUMNS", "HISTORY", "RUN_FILES", "History", "check_run_dir", "clear_run",
+           "describe_run", "evaluate", "fit", "write_history"]
