@@ -10,7 +10,8 @@ Sources (``load_data(source, model)``; see ``docs/data.md``):
 ``DIR`` or ``IMAGES,LABELS``         IDX files as MNIST ships them (``train-images-idx3-ubyte``,
                                      ``train-labels-idx1-ubyte``, ``t10k-*``), gzipped or not
 ``spirals``, ``moons``, ``blobs``    synthetic 2-D sets generated in code, seeded, with a test split;
-                                     options ``spirals:n=3000,noise=0.2,seed=0``
+                                     options ``spirals:n=3000,noise=0.2,seed=0`` (types and ranges in
+                                     ``OPTIONS``; at most ``MAX_GENERATED_BYTES`` while generating)
 ``digits``                           scikit-learn's 8x8 digits (needs scikit-learn)
 ``fashion-mnist``                    IDX files from ``--data-dir``, ``$DNNSPEC_DATA`` or the Debian
                                      package ``dataset-fashion-mnist``
@@ -20,6 +21,9 @@ Arrays keep their raw units: uint8 images stay uint8 (the model's ``input.scale`
 them into [0, 1]); other inputs become float32. ``x`` is reshaped (a view, no copy) to
 ``(N, *model.input.shape)``. Classification labels become int64 class indices ``(N,)``;
 regression targets float32 ``(N, targets)``.
+
+Every size a file claims (IDX dimensions, .npy/.npz array headers) is checked against
+the file and the machine's memory before anything that size is allocated.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import difflib
 import gzip
 import math
 import os
+import tokenize
 import zipfile
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,13 +119,21 @@ def _resolve(name: str, model: ir.Model) -> Path | None:
     if not name:
         return None
     p = Path(name).expanduser()
-    if p.exists():
+    if _exists(p):
         return p
     if not p.is_absolute() and model.path and not model.path.startswith("<"):
         q = Path(model.path).parent / p
-        if q.exists():
+        if _exists(q):
             return q
     return None
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, false for names the system cannot even look up (too long, NUL bytes)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_path(path: Path, column: str) -> Dataset:
@@ -136,51 +151,147 @@ def _read_path(path: Path, column: str) -> Dataset:
     raise DataError(f"{path}: unknown data file type; use .npz (arrays x, y), .csv, or an IDX folder")
 
 
-def _parse_options(source: str, text: str) -> dict[str, float]:
-    """``n=3000,noise=0.2`` -> {"n": 3000.0, "noise": 0.2}."""
-    opts: dict[str, float] = {}
+def _parse_options(source: str, text: str) -> dict[str, str]:
+    """``n=3000,noise=0.2`` -> {"n": "3000", "noise": "0.2"}; each set checks and converts its own values."""
+    opts: dict[str, str] = {}
     for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        try:
-            if not eq:
-                raise ValueError
-            opts[key.strip()] = float(value)
-        except ValueError:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key or not value:
             raise DataError(f"{source}: bad option '{item}'; write options as name=number, "
-                            f"e.g. spirals:n=3000,noise=0.2") from None
+                            f"e.g. spirals:n=3000,noise=0.2")
+        if key in opts:
+            raise DataError(f"{source}: option '{key}' is given twice; give it once")
+        opts[key] = value
     return opts
 
 
 # --- files -------------------------------------------------------------------------
 
 
-def _read_npz(path: Path) -> Dataset:
-    """``.npz`` with ``x``, ``y`` and optional ``x_test``, ``y_test`` (no pickle)."""
+#: What reading a damaged file can raise (zlib.error: a corrupt deflate stream in .gz or .npz;
+#: RuntimeError/NotImplementedError: an encrypted or exotically compressed zip member;
+#: TokenError/SyntaxError: a garbled .npy header, which NumPy tokenizes).
+READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, MemoryError, RuntimeError,
+               NotImplementedError, tokenize.TokenError, SyntaxError)
+#: Deflate cannot expand data by more than 1032:1, so a member claiming more is lying.
+DEFLATE_MAX_RATIO = 1032
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None when the platform does not say."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            missing = {"x", "y"} - keys
-            if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(sorted(missing))}; a .npz data file "
-                                f"holds x, y and optionally x_test, y_test (found {', '.join(sorted(keys)) or 'none'})")
-            if ("x_test" in keys) != ("y_test" in keys):
-                raise DataError(f"{path}: has only one of x_test and y_test; give both or neither")
-            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(path: Path | str, nbytes: int, what: str) -> None:
+    """DataError when ``nbytes`` exceed this machine's memory: checked before allocating them."""
+    total = physical_memory()
+    if total and nbytes > total:
+        raise DataError(f"{path}: {what} would take {nbytes / 2**30:.1f} GiB, more than this machine's "
+                        f"{total / 2**30:.1f} GiB of memory")
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of the .npy stream ``f``, read without touching the data."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), dtype, f.tell()
+
+
+def _data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file (no pickle); its header's size is checked against the file before allocating."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype, head = _npy_header(f)
+        nbytes = _data_bytes(shape, dtype)
+        found = path.stat().st_size - head
+        if nbytes > found:
+            raise DataError(f"{path}: truncated .npy file: its header claims {_fmt(shape)} {dtype} "
+                            f"({nbytes:,} bytes) but the file holds {found:,}")
+        check_fits(path, nbytes, f"the array {_fmt(shape)} {dtype}")
+        return np.load(path, allow_pickle=False)
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: cannot read .npz file ({e}); is it corrupt or not a NumPy .npz archive?") from None
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read .npy file ({e}); is it truncated or corrupt?") from None
+
+
+def read_npz_arrays(path: Path, choose: Callable[[list[str]], Iterable[str]]) -> dict[str, np.ndarray]:
+    """The arrays ``choose(names)`` picks from a ``.npz`` file (no pickle), each size-checked first.
+
+    ``choose`` gets the array names in the file and returns those to read (or raises
+    DataError). A member's header must fit the member's stated size, which must fit its
+    compressed size (deflate expands at most 1032:1), which must fit the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+            return {k: _read_member(path, zf, members[k]) for k in choose(list(members))}
+    except DataError:
+        raise
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read .npz file ({e}); is it truncated or corrupt, "
+                        f"or not a NumPy .npz archive?") from None
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    room = info.compress_size * (DEFLATE_MAX_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else 1) + 64
+    if info.header_offset + info.compress_size > path.stat().st_size or info.file_size > room:
+        raise DataError(f"{path}: array {info.filename[:-4]} is truncated or corrupt (its stated size does not "
+                        f"fit the file)")
+    with zf.open(info) as f:
+        shape, dtype, head = _npy_header(f)
+        nbytes = _data_bytes(shape, dtype)
+        if nbytes > info.file_size - head:
+            raise DataError(f"{path}: array {info.filename[:-4]} claims {_fmt(shape)} {dtype} ({nbytes:,} bytes) "
+                            f"but holds {info.file_size - head:,}; the file is truncated or corrupt")
+        check_fits(path, nbytes, f"array {info.filename[:-4]} {_fmt(shape)} {dtype}")
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_npz(path: Path) -> Dataset:
+    """``.npz`` with ``x``, ``y`` and optional ``x_test``, ``y_test`` (no pickle)."""
+
+    def choose(names: list[str]) -> list[str]:
+        missing = {"x", "y"} - set(names)
+        if missing:
+            raise DataError(f"{path}: missing array(s) {', '.join(sorted(missing))}; a .npz data file "
+                            f"holds x, y and optionally x_test, y_test (found {', '.join(sorted(names)) or 'none'})")
+        if ("x_test" in names) != ("y_test" in names):
+            raise DataError(f"{path}: has only one of x_test and y_test; give both or neither")
+        return [k for k in ("x", "y", "x_test", "y_test") if k in names]
+
+    arrays = read_npz_arrays(path, choose)
     return Dataset(arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
                    name=path.stem, path=str(path))
 
 
 def read_csv_table(path: Path) -> tuple[list[str] | None, np.ndarray]:
-    """(header or None, float64 table (rows, columns)) of a numeric CSV file, gzipped or not."""
+    """(header or None, float64 table (rows, columns)) of a numeric CSV file, gzipped or not.
+
+    The text, its lines and the table take about 6 bytes per byte of text (a table of
+    one-digit numbers holds one float64 per 2 characters): a plain file that would not
+    fit in memory is refused before it is read.
+    """
+    gz = path.name.lower().endswith(".gz")
     try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        if not gz:
+            check_fits(path, 6 * path.stat().st_size, "reading this CSV file")
+        opener = gzip.open if gz else open
         with opener(path, "rt", encoding="utf-8") as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except DataError:
+        raise
+    except READ_ERRORS as e:  # UnicodeDecodeError is a ValueError
         raise DataError(f"{path}: cannot read CSV file ({e})") from None
     if not lines:
         raise DataError(f"{path}: the CSV file is empty")
@@ -235,6 +346,10 @@ def _label_columns(path: Path, column: str, header: list[str] | None, width: int
         if not -width <= i < width:
             raise DataError(f"{path}: column index {i} is outside the {width} columns")
         out.append(i % width)
+    if len(set(out)) < len(out):
+        raise DataError(f"{path}: ':{column}' names a label column twice; name each once")
+    if len(out) >= width:
+        raise DataError(f"{path}: ':{column}' makes every column a label, which leaves no features")
     return out
 
 
@@ -247,27 +362,48 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """One IDX file (gzipped when its name ends in .gz) -> array of its stored dtype and shape.
 
     Format: 2 zero bytes, a type byte, a byte with the number of dims, dims as big-endian
-    uint32, then the data in row-major order. Read into one preallocated array.
+    uint32, then the data in row-major order. The size the header claims is checked
+    against the file (and this machine's memory) first, then read into one preallocated array.
     """
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
+    gz = path.name.endswith(".gz")
     try:
-        with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
-                raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
-            dims = np.frombuffer(f.read(4 * head[3]), dtype=">u4")
-            if len(dims) != head[3]:
-                raise DataError(f"{path}: truncated IDX header")
-            arr = np.empty(tuple(int(d) for d in dims), dtype=_IDX_TYPES[head[2]])
+        with (gzip.open if gz else open)(path, "rb") as f:
+            dtype, shape = _idx_header(path, f)
+            _check_idx_size(path, _data_bytes(shape, dtype), 4 + 4 * len(shape), gz)
+            arr = np.empty(shape, dtype=dtype)
             got = f.readinto(memoryview(arr.reshape(-1).view(np.uint8)))
+            if gz:
+                f.read(1)  # reach the gzip trailer, whose CRC check catches corrupt data
     except DataError:
         raise
-    except (OSError, EOFError, ValueError, MemoryError) as e:
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read IDX file ({e}); is it corrupt?") from None
     if got != arr.nbytes:
         raise DataError(f"{path}: truncated IDX file: expected {arr.nbytes} data bytes, found {got}")
     return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
+def _idx_header(path: Path, f: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, shape) from the magic number and dims of an IDX stream."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
+    dims = np.frombuffer(f.read(4 * head[3]), dtype=">u4")
+    if len(dims) != head[3]:
+        raise DataError(f"{path}: truncated IDX header")
+    return np.dtype(_IDX_TYPES[head[2]]), tuple(int(d) for d in dims)
+
+
+def _check_idx_size(path: Path, nbytes: int, head: int, gz: bool) -> None:
+    """The data the header claims must fit the file: exactly for plain files, 1032:1 for gzip; and memory."""
+    size = path.stat().st_size
+    if not gz and nbytes > size - head:
+        raise DataError(f"{path}: truncated IDX file: expected {nbytes} data bytes, found {size - head}")
+    if gz and nbytes > DEFLATE_MAX_RATIO * size:
+        raise DataError(f"{path}: its IDX header claims {nbytes:,} data bytes, more than a {size:,}-byte gzip "
+                        f"file can hold; the file is truncated or corrupt")
+    check_fits(path, nbytes, "the IDX data")
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -295,33 +431,101 @@ def _read_idx_pair(images: Path, labels: Path) -> Dataset:
 # --- built-in sets -----------------------------------------------------------------
 
 
-def _read_builtin(name: str, opts: dict[str, float], data_dir: str | os.PathLike | None) -> Dataset:
-    if name == "fashion-mnist":
-        _take(name, opts, ())
-        return fashion_mnist(data_dir)
-    if name == "digits":
-        return digits(**_take(name, opts, ("seed",)))
-    maker = {"spirals": spirals, "moons": moons, "blobs": blobs}[name]
-    allowed = {"spirals": ("n", "noise", "seed"), "moons": ("n", "noise", "seed"),
-               "blobs": ("n", "classes", "features", "std", "seed")}[name]
-    return maker(**_take(name, opts, allowed))
+@dataclass(frozen=True)
+class Option:
+    """One option of a built-in set: a whole number (``kind=int``) or a real number in [low, high]."""
+
+    kind: type
+    low: float
+    high: float
+
+    def convert(self, source: str, key: str, value: Any) -> int | float:
+        """``value`` (option text or a Python number) as ``kind``; DataError naming the range otherwise."""
+        number = _number(value)
+        ok = number is not None and (isinstance(number, int) or math.isfinite(number))  # 10**400 is an int
+        ok = ok and self.low <= number <= self.high and (self.kind is float or number == int(number))
+        if not ok:
+            what = "a whole number" if self.kind is int else "a number"
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+            raise DataError(f"{source}: option {key}={shown} must be {what} from {self._fmt(self.low)} "
+                            f"to {self._fmt(self.high)}")
+        return int(number) if self.kind is int else float(number)
+
+    def _fmt(self, bound: float) -> str:
+        return f"{int(bound):,}" if self.kind is int else f"{bound:g}"
 
 
-def _take(name: str, opts: dict[str, float], allowed: tuple[str, ...]) -> dict[str, Any]:
+def _number(value: Any) -> int | float | None:
+    """Option text or a Python number -> int (exact, e.g. a long seed) or float; None when not a number."""
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return value.item() if isinstance(value, np.generic) else value
+    return None
+
+
+_N = Option(int, 1, 10**8)
+_SEED = Option(int, 0, 2**32 - 1)  # as the spec's train seed
+_NOISE = Option(float, 0.0, 100.0)
+#: Options of the built-in sets with their types and ranges (docs/data.md lists them with their defaults).
+OPTIONS: dict[str, dict[str, Option]] = {
+    "spirals": {"n": _N, "noise": _NOISE, "seed": _SEED, "classes": Option(int, 1, 1000)},
+    "moons": {"n": _N, "noise": _NOISE, "seed": _SEED},
+    "blobs": {"n": _N, "classes": Option(int, 1, 10_000), "features": Option(int, 1, 1_000_000),
+              "std": Option(float, 0.0, 1e6), "seed": _SEED},
+    "digits": {"seed": _SEED},
+    "fashion-mnist": {},
+}
+#: The most memory a synthetic set may take while it is generated (its arrays and temporaries).
+MAX_GENERATED_BYTES = 1 << 30
+
+
+def _read_builtin(name: str, opts: dict[str, str], data_dir: str | os.PathLike | None) -> Dataset:
+    allowed = tuple(OPTIONS[name])
     bad = sorted(set(opts) - set(allowed))
     if bad:
         takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
         raise DataError(f"{name}: unknown option '{bad[0]}'; {name} {takes}")
-    ints = ("n", "classes", "features", "seed")
-    out: dict[str, Any] = {}
-    for k, v in opts.items():
-        if k in ints and (v != int(v) or v < (0 if k == "seed" else 1)):
-            raise DataError(f"{name}: option {k}={v:g} must be a {'non-negative' if k == 'seed' else 'positive'} "
-                            f"whole number")
-        if k in ("noise", "std") and v < 0:
-            raise DataError(f"{name}: option {k}={v:g} must not be negative")
-        out[k] = int(v) if k in ints else v
-    return out
+    if name == "fashion-mnist":
+        return fashion_mnist(data_dir)
+    maker = {"spirals": spirals, "moons": moons, "blobs": blobs, "digits": digits}[name]
+    return maker(**opts)
+
+
+def _checked(name: str, **values: Any) -> tuple[Any, ...]:
+    """The values of ``name``'s options, each converted and checked against its range, in the order given."""
+    return tuple(OPTIONS[name][k].convert(name, k, v) for k, v in values.items())
+
+
+def generation_bytes(name: str, n: int, features: int = 2, classes: int = 3) -> float:
+    """Peak bytes that generating ``name`` with these options takes (measured with tracemalloc, plus a margin).
+
+    rows = n + n//4; spirals and moons take 96 bytes per row (float64 temporaries of the
+    2-D points; + classes rows: spirals rounds each arm up), blobs 20*features + 48 per
+    row plus twice its (classes, features) float64 centres (room for a temporary).
+    """
+    rows = n + n // 4
+    if name == "blobs":
+        return rows * (20.0 * features + 48.0) + 16.0 * classes * features
+    return (rows + classes) * 96.0
+
+
+def _check_bytes(name: str, n: int, **sizes: int) -> None:
+    """Refuse a set whose generation would take more than MAX_GENERATED_BYTES, before allocating anything."""
+    need = generation_bytes(name, n, **sizes)
+    if need <= MAX_GENERATED_BYTES:
+        return
+    base = generation_bytes(name, 0, **sizes)  # bytes grow linearly in n above this
+    n_max = int(n * (MAX_GENERATED_BYTES - base) / (need - base))
+    fix = f"use n <= {n_max:,} with these options" if n_max >= 1 else "use fewer features or classes"
+    shape = f" of {sizes['features']:,} features" if "features" in sizes else ""
+    raise DataError(f"{name}: generating n={n:,} points{shape} would take about {need / 2**30:.1f} GiB, more "
+                    f"than the {MAX_GENERATED_BYTES / 2**30:g} GiB a built-in set may use; {fix}")
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, n_train: int, rng: np.random.Generator,
@@ -339,6 +543,8 @@ def spirals(n: int = 3000, noise: float = 0.2, seed: int = 0, classes: int = 3) 
     Arm j: radius r = linspace(0, 1), angle t = linspace(4j, 4(j+1)) + noise*N(0, 1),
     x = (r sin t, r cos t). float32 ``(n, 2)``, labels int64.
     """
+    n, noise, seed, classes = _checked("spirals", n=n, noise=noise, seed=seed, classes=classes)
+    _check_bytes("spirals", n, classes=classes)
     rng = np.random.default_rng(seed)
     per = math.ceil((n + n // 4) / classes)
     r = np.tile(np.linspace(0.0, 1.0, per), classes)
@@ -350,6 +556,8 @@ def spirals(n: int = 3000, noise: float = 0.2, seed: int = 0, classes: int = 3) 
 
 def moons(n: int = 2000, noise: float = 0.1, seed: int = 0) -> Dataset:
     """Two interleaving half circles (as scikit-learn's make_moons) with Gaussian noise; n/4 test points."""
+    n, noise, seed = _checked("moons", n=n, noise=noise, seed=seed)
+    _check_bytes("moons", n, classes=2)
     rng = np.random.default_rng(seed)
     total = n + n // 4
     y = np.arange(total) % 2
@@ -363,6 +571,8 @@ def moons(n: int = 2000, noise: float = 0.1, seed: int = 0) -> Dataset:
 
 def blobs(n: int = 1500, classes: int = 3, features: int = 2, std: float = 1.0, seed: int = 0) -> Dataset:
     """Gaussian blobs: centres uniform in [-10, 10]^features, spread ``std``; n/4 test points."""
+    n, classes, features, std, seed = _checked("blobs", n=n, classes=classes, features=features, std=std, seed=seed)
+    _check_bytes("blobs", n, features=features, classes=classes)
     rng = np.random.default_rng(seed)
     total = n + n // 4
     centres = rng.uniform(-10.0, 10.0, (classes, features))
@@ -373,6 +583,7 @@ def blobs(n: int = 1500, classes: int = 3, features: int = 2, std: float = 1.0, 
 
 def digits(seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, values 0..16), 80% train and 20% test, shuffled by ``seed``."""
+    (seed,) = _checked("digits", seed=seed)
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -244,9 +244,10 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
     ("spiral", "spiral: unknown data source; did you mean 'spirals'"),
     ("fashion", "did you mean 'fashion-mnist'"),
     ("nope/data.npz", "nope/data.npz: data file not found"),
-    ("spirals:n=abc", "bad option 'n=abc'"),
+    ("spirals:n=abc", "option n=abc must be a whole number from 1 to 100,000,000"),
+    ("spirals:n", "bad option 'n'; write options as name=number"),
     ("spirals:width=3", "unknown option 'width'; spirals takes n, noise, seed"),
-    ("moons:n=2.5", "option n=2.5 must be a positive whole number"),
+    ("moons:n=2.5", "option n=2.5 must be a whole number from 1 to"),
     ("fashion-mnist:n=5", "fashion-mnist takes no options"),
 ])
 def test_bad_source_names(source, message):

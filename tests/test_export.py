@@ -231,7 +231,7 @@ def test_names_outputs_and_metadata(tmp_path):
 def test_regression_output_name_and_logits_refused():
     net = make_net((12,), [D, ("dense", {"units": 2})], loss="mse")
     assert [o.name for o in to_onnx(net.model, net.params).graph.output] == ["output"]
-    with pytest.raises(UsageError, match="--logits needs a model that ends in softmax or sigmoid"):
+    with pytest.raises(UsageError, match="--logits needs a model whose last layer is softmax or sigmoid.* in dense"):
         to_onnx(net.model, net.params, logits_output=True)
 
 

@@ -2,8 +2,9 @@
 
 Options: ``-o`` output file (default ``RUN_DIR/model.onnx``, or the checkpoint's name
 with ``.onnx``), ``--opset``, ``--no-fold`` (keep BatchNormalization nodes), ``--logits``
-(a second output), ``--quantize int8`` (dynamic int8 weights; prints the sizes and the
-test accuracy before and after when the run's data has a test split), ``--triton
+(a second output: the input of a final softmax/sigmoid), ``--quantize int8`` (dynamic
+int8 weights, written as asked; prints both sizes, saying so when int8 is the larger, and
+the test accuracy before and after when the run's data has a test split), ``--triton
 REPO_DIR`` (a Triton model repository as well).
 """
 
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the newest onnxruntime supports)")
     p.add_argument("--no-fold", dest="fold", action="store_false",
                    help="keep batch norm as BatchNormalization nodes instead of folding it into Gemm/Conv")
-    p.add_argument("--logits", action="store_true", help="add the logits as a second output 'logits'")
+    p.add_argument("--logits", action="store_true",
+                   help="add the input of the final softmax/sigmoid as a second output 'logits'")
     p.add_argument("--quantize", choices=("int8",), help="store weights as int8 (dynamic quantization)")
     p.add_argument("--data", metavar="SOURCE", help="data for the accuracy check of --quantize (default: the spec's)")
     p.add_argument("--triton", metavar="REPO_DIR", help="also write a Triton model repository here")
@@ -44,11 +46,14 @@ def run(args: argparse.Namespace) -> int:
     proto = to_onnx(model, src.net.params, opset=args.opset, fold=args.fold, logits_output=args.logits,
                     metadata=src.summary, source=str(src.path))
     data = proto.SerializeToString()
+    nodes = len(proto.graph.node)
     if args.quantize:
+        import onnx
+
         data = _quantize(data, model, args.data, out)
+        nodes = len(onnx.load_model_from_string(data).graph.node)  # the file written, not the float graph
     write_atomic(out, data)
-    print(f"wrote {out} ({_size(len(data))}, opset {proto.opset_import[0].version}, "
-          f"{len(proto.graph.node)} nodes, from {src.path})")
+    print(f"wrote {out} ({_size(len(data))}, opset {proto.opset_import[0].version}, {nodes} nodes, from {src.path})")
     if args.triton:
         from ..export.triton import write_repository
 
@@ -62,12 +67,22 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def _change(before: int, after: int) -> str:
+    """How the size changed, in words that stay true for a model that int8 makes larger."""
+    if after * 1.1 <= before:
+        return f"{before / after:.1f}x smaller"
+    if after < before:
+        return f"{100 * (before - after) / before:.0f}% smaller"
+    return (f"{100 * (after - before) / before:.0f}% larger: in a model this small the quantize nodes, scales "
+            f"and zero points outweigh what int8 weights save; it is written as asked, drop --quantize for float32")
+
+
 def _quantize(data: bytes, model, data_source: str | None, out: Path) -> bytes:
     """int8 weights; print the sizes and, when there is a test split, the accuracy change."""
     from ..export.quantize import accuracy, quantize_int8
 
     small = quantize_int8(data)
-    print(f"{out}: {_size(len(data))} float32 -> {_size(len(small))} int8 ({len(data) / len(small):.1f}x smaller)")
+    print(f"{out}: {_size(len(data))} float32 -> {_size(len(small))} int8 ({_change(len(data), len(small))})")
     test = _test_split(model, data_source)
     if test is None:
         print("no test split in the run's data: accuracy change not measured (pass --data SOURCE)")

@@ -2,7 +2,8 @@
 
 Prints the top classes with their names and probabilities (or the outputs of a
 regression model), or writes them with ``--out`` as CSV, JSON or ``.npy`` (all the
-probabilities).
+probabilities). Models from other tools work too: a fixed batch axis runs that many rows
+per call, integer inputs take whole numbers; anything that does not fit is one line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="an exported model")
     p.add_argument("input", metavar="INPUT", help=".npy, .npz, .csv, IDX (*-ubyte[.gz]) or PNG/JPEG file")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
-    p.add_argument("--batch", type=_positive, default=1024, help="examples per onnxruntime call (default 1024)")
+    p.add_argument("--batch", type=_positive, default=1024,
+                   help="examples per onnxruntime call (default 1024; a model with a fixed batch axis uses its own)")
     p.add_argument("--top", type=_positive, default=3, metavar="K", help="classes to show per example (default 3)")
     p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: onnxruntime's)")
     p.add_argument("--out", metavar="FILE", help="write results to FILE.csv, FILE.json or FILE.npy instead")

@@ -6,7 +6,8 @@
 The graph reads raw inputs: its first nodes apply ``input.scale`` and the
 normalisation (folded into the first Gemm/Conv when that is exact). Input ``input``
 (float32, ``(N, *input.shape)``, N symbolic); output ``probabilities`` (classification
-ending in softmax/sigmoid) or ``output``; optionally ``logits`` as a second output.
+ending in softmax/sigmoid) or ``output``; optionally ``logits`` (the input of a final
+softmax/sigmoid, classifier or not) as a second output.
 Every export passes ``onnx.checker.check_model(full_check=True)`` and strict shape
 inference, and the file is written atomically. See docs/export.md.
 """
@@ -125,15 +126,19 @@ def input_affine(g: Any, model: Model, params: Mapping[str, np.ndarray]) -> None
 
 
 def name_outputs(g: Any, model: Model, logits_output: bool) -> list[tuple[str, tuple[int, ...]]]:
-    """Rename the final tensor to ``probabilities``/``output`` (and its logits to ``logits``)."""
+    """Rename the final tensor to ``probabilities``/``output`` (and its logits to ``logits``).
+
+    ``logits`` is the input of a final softmax or sigmoid, for classifiers and for
+    regression models that end in one (e.g. targets in [0, 1]) alike.
+    """
     last = model.layers[-1] if model.layers else None
-    final = last is not None and last.kind in FINAL_ACTIVATIONS and model.task.kind == "classification"
-    main = "probabilities" if final else "output"
+    squashed = last is not None and last.kind in FINAL_ACTIVATIONS
+    main = "probabilities" if squashed and model.task.kind == "classification" else "output"
     if not g.nodes:
         g.node("Identity", [g.x], main)
-    if logits_output and not (final and g.nodes[-1].output[0] == last.name):
-        raise UsageError(f"--logits needs a model that ends in softmax or sigmoid; {model.path} ends in "
-                         f"{last.kind if last else 'its input'}")
+    if logits_output and not (squashed and g.nodes[-1].output[0] == last.name):
+        raise UsageError(f"--logits needs a model whose last layer is softmax or sigmoid (the logits are its "
+                         f"input); {model.path} ends in {last.kind if last else 'its input'}")
     renames = {g.x: main}
     if logits_output:
         renames[g.nodes[-1].input[0]] = "logits"
