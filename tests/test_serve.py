@@ -29,7 +29,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from dnnspec.cli import main  # noqa: E402
-from dnnspec.serve.app import ServeConfig, bind_socket, create_app  # noqa: E402
+from dnnspec.serve.app import ServeConfig, bind_socket, create_app, uvicorn_options  # noqa: E402
 from dnnspec.serve.models import load_repository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,16 +82,19 @@ def reference(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class Running:
-    """A server running in a background thread on a free loopback port."""
+    """A server running in a background thread on a free loopback port, with the settings of ``dnnspec serve``."""
 
-    def __init__(self, path: Path, **options):
+    def __init__(self, path: Path, http: type | None = None, **options):
         self.config = ServeConfig(model_path=str(path), port=0, **options)
         self.app = create_app(load_repository(path), self.config)
         self.state = self.app.state.server
         sock = bind_socket("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False))
+        settings = uvicorn_options(self.config)
+        if http is not None:  # another HTTP parser than uvicorn's choice
+            settings["http"] = http
+        self.server = uvicorn.Server(uvicorn.Config(self.app, **settings))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -302,6 +305,9 @@ BAD_REQUESTS = [
     ("binary-size-wrong", "mlp", binary_infer(rows(1))[0].replace(b'"binary_data_size": 80', b'"binary_data_size": 76'),
      {"Inference-Header-Content-Length": str(len(binary_infer(rows(1))[0]) - 80)}, 400, "needs 80 bytes"),
     ("body-over-limit", "mlp", b"x" * (300 * 1024), {}, 413, "over the limit"),
+    ("repeated-output", "mlp", json_infer([1, FEATURES], GOOD, outputs=[{"name": "logits"}] * 3), {}, 400,
+     "output 'logits' is asked for more than once"),
+    ("nested-json", "mlp", b'{"inputs": ' + b"[" * 20_000, {}, 400, "nested too deeply"),
 ]
 
 
@@ -373,6 +379,100 @@ def test_slow_body_gets_408_and_slow_inference_503(repo):
         status, _, raw = server.request("POST", "/v2/models/mlp/infer", body, headers)
         assert status == 503 and "inference timed out after 0.5 s" in json.loads(raw)["error"]
     finally:
+        server.stop()
+
+
+def test_an_answer_over_max_answer_mb_is_refused_before_encoding(repo):
+    server = Running(repo, batch_window_ms=0, max_answer_mb=0.01)  # 10 KiB
+    try:
+        x = rows(40, seed=12)
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", json_infer([40, FEATURES], x.ravel().tolist()))
+        message = json.loads(raw)["error"]
+        assert status == 400 and message.startswith("the answer could take up to ") and message.endswith(
+            " bytes, over the limit of 10,485 bytes (--max-answer-mb 0.01); ask for fewer rows or outputs, "
+            "or for binary data")
+        body = json_infer([40, FEATURES], x.ravel().tolist(), outputs=[{"name": "logits"}])  # half: fits
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", body)
+        assert status == 200
+        got = np.array(json.loads(raw)["outputs"][0]["data"], np.float32).reshape(40, -1)
+        assert np.array_equal(got, reference(repo / "mlp.onnx", x)["logits"])
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_head_limits_with_either_http_parser(repo, parser):
+    """431 for a head over --max-header-kb (sent at once or in pieces), 408 for one unfinished after
+    --header-timeout-s, with uvicorn's httptools protocol and with its h11 one."""
+    from dnnspec.serve.guard import GuardedH11, GuardedHttpTools
+
+    if parser == "httptools":
+        pytest.importorskip("httptools")
+    server = Running(repo, http=GuardedHttpTools if parser == "httptools" else GuardedH11, batch_window_ms=0,
+                     header_timeout_s=0.5, max_header_kb=4)
+    try:
+        big = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+        for pieces in (big[:40], big[40:3000], big[3000:]), (big,):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                for piece in pieces:
+                    sock.sendall(piece)
+                    time.sleep(0.05)
+                reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 431 ") and reply.endswith(
+                b'{"error":"request line and headers are over the limit of 4096 bytes"}'), reply
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
+            reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"not received within 0.5 s" in reply
+        assert 0.4 < time.monotonic() - t0 < 3
+        assert server.request("GET", "/v2/health/ready", headers={"X-Fine": "a" * 3500})[0] == 200
+        x = rows(3, seed=13)
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", *binary_infer(x))
+        out = json.loads(raw)["outputs"][0]  # JSON outputs: none was asked for in binary
+        assert status == 200 and np.array_equal(np.array(out["data"], np.float32).reshape(3, -1),
+                                                reference(repo / "mlp.onnx", x)["probabilities"])
+    finally:
+        server.stop()
+
+
+def test_at_the_connection_cap_the_quietest_idle_connection_makes_room(repo):
+    """--max-connections 3: a fourth client closes the idle connection quiet longest and is answered;
+    when all three wait for their answers, the fourth gets a 503 instead."""
+    server = Running(repo, batch_window_ms=0, max_connections=3, timeout_s=10, header_timeout_s=60)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        assert server.request("GET", "/v2/health/ready")[0] == 200
+        idle[0].settimeout(3)  # far within the head deadline: closed to make room, not for being late
+        assert idle[0].recv(100) == b""  # the oldest idle one was closed, without an answer
+        for sock in idle[1:]:
+            sock.close()
+        release = threading.Event()
+
+        async def stuck(inputs, rows):  # three requests that wait until released
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            return {"probabilities": np.zeros((rows, 5), np.float32), "logits": np.zeros((rows, 5), np.float32)}
+
+        server.state.batchers[("mlp", "1")].submit = stuck
+        args = ("POST", "/v2/models/mlp/infer", *binary_infer(rows(1)))
+        waiting = [threading.Thread(target=server.request, args=args) for _ in range(3)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = sock.recv(65536)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"connection: close" in head
+        assert json.loads(body)["error"].startswith("too many open connections (3), all waiting for answers")
+        release.set()
+        for t in waiting:
+            t.join(10)
+    finally:
+        for sock in idle:
+            sock.close()
         server.stop()
 
 
@@ -585,6 +685,9 @@ def test_cli_serves_until_sigint(repo):
     (["--provider", "cuda"], 2, "--provider cuda"),
     (["--max-batch", "0"], 2, "--max-batch must be >= 1"),
     (["--batch-window-ms", "-1"], 2, "--batch-window-ms must be >= 0"),
+    (["--max-connections", "0"], 2, "--max-connections must be >= 1"),
+    (["--header-timeout-s", "inf"], 2, "--header-timeout-s must be > 0 and finite"),
+    (["--max-answer-mb", "nan"], 2, "--max-answer-mb must be > 0 and finite"),
 ])
 def test_cli_usage_errors(repo, capsys, args, code, fragment):
     if args[0] == "--provider" and "CUDAExecutionProvider" in ort.get_available_providers():

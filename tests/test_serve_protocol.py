@@ -118,6 +118,10 @@ def test_binary_input_is_read_after_the_header():
     (json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}] * 2}).encode(),
      "given twice"),
     (request([1.0] * 33, shape=(11, 3)), "over the limit of 10 rows"),
+    (request([1, 2, 3], shape=(1, 3), outputs=[{"name": "y"}] * 2000), "output 'y' is asked for more than once"),
+    (b'{"inputs": ' + b"[" * 100_000, "nested too deeply"),
+    (request([1, 2, 3], shape=(1, 3))[:-1] + b', "parameters": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
+     "nested too deeply"),
 ])
 def test_more_bad_requests(body, fragment):
     with pytest.raises(InferenceError, match=fragment) as e:
@@ -192,7 +196,7 @@ def test_a_repeated_binary_header_is_checked_once_and_still_decodes_each_body(mo
     its own NaN check, and a body of another length is parsed (and refused) in full."""
     from dnnspec.serve import protocol
 
-    monkeypatch.setattr(protocol, "_PLANS", {})
+    monkeypatch.setattr(protocol, "_PLANS", protocol.BoundedCache(entries=256, nbytes=1 << 20, item_bytes=16 << 10))
     a, b = np.arange(6, dtype=np.float32).reshape(2, 3), -np.arange(6, dtype=np.float32).reshape(2, 3)
     body_a, hl = _binary_body(a, id="same")
     body_b, hl_b = _binary_body(b, id="same")
@@ -214,12 +218,116 @@ def test_a_repeated_binary_header_is_checked_once_and_still_decodes_each_body(mo
         parse_infer_request(body_a, hl, SPEC, ["probabilities"], 1)
 
 
-def test_the_plan_cache_is_bounded(monkeypatch):
+def test_the_plan_cache_is_bounded_in_entries_and_bytes(monkeypatch):
+    """Bounded by count, by total header bytes, and big headers never kept: 40 valid requests with
+    4 MiB headers used to pin 40 x (4 MiB key + 4 MiB parsed parameters) in the cache."""
     from dnnspec.serve import protocol
 
-    monkeypatch.setattr(protocol, "_PLANS", {})
-    monkeypatch.setattr(protocol, "PLAN_CACHE_SIZE", 3)
+    cache = protocol.BoundedCache(entries=3, nbytes=1 << 20, item_bytes=16 << 10)
+    monkeypatch.setattr(protocol, "_PLANS", cache)
     for i in range(5):
         body, hl = _binary_body(np.ones((1, 3), np.float32), id=f"r{i}")
         parse_infer_request(body, hl, SPEC, ["probabilities"], 100)
-    assert len(protocol._PLANS) == 3
+    assert len(cache) == 3 and cache.size == sum(len(k[0]) for k in cache._items)
+    monkeypatch.setattr(protocol, "_PLANS", protocol.BoundedCache(entries=256, nbytes=1 << 20, item_bytes=16 << 10))
+    x = np.arange(3, dtype=np.float32).reshape(1, 3)
+    for i in range(40):  # valid requests, each with a 4 MiB header: all answered, none kept
+        body, hl = _binary_body(x, parameters={"pad": f"{i:04d}" + " " * (4 << 20)})
+        assert np.array_equal(parse_infer_request(body, hl, SPEC, ["probabilities"], 100).inputs["input"], x)
+    assert len(protocol._PLANS) == 0 and protocol._PLANS.size == 0
+    for i in range(300):  # 12 KiB headers: kept, but never more than 1 MiB of them
+        body, hl = _binary_body(x, parameters={"pad": f"{i:04d}" + " " * (12 << 10)})
+        parse_infer_request(body, hl, SPEC, ["probabilities"], 100)
+    assert 0 < protocol._PLANS.size <= 1 << 20 and len(protocol._PLANS) == (1 << 20) // int(hl)
+
+
+def test_bounded_cache_drops_the_oldest_to_fit():
+    from dnnspec.serve.protocol import BoundedCache
+
+    cache = BoundedCache(entries=10, nbytes=100, item_bytes=60)
+    for key, size in [("a", 40), ("b", 40), ("c", 61), ("d", 30)]:
+        cache.put(key, key.upper(), size)
+    assert [cache.get(k) for k in "abcd"] == [None, "B", None, "D"] and cache.size == 70  # c too big, a dropped
+    cache.put("b", "again", 1)  # already there: kept as it was
+    assert cache.get("b") == "B" and len(cache) == 2
+
+
+# ---------------------------------------------------------------- answer size bound
+
+LABELS = ["\U0001f600" * 3, 'say "hi"', "x" * 40, "é"]
+WORST_FLOATS = np.array([-1.1754944e-38, -3.4028235e38, -1.4e-45, -1 / 3, -0.1], np.float32)
+
+
+def _encode_like_the_server(outputs, selection, k, binary_top_k) -> bytes:
+    """What Server._response_body + encode_response make of these outputs."""
+    from dnnspec.serve.protocol import encode_response, output_entry
+
+    chunks, entries = [], []
+    for sel in selection:
+        arr = outputs[sel.name]
+        if sel.classification:
+            arr = classification(arr, sel.classification, LABELS)
+        entries.append(output_entry(sel.name, arr, sel.binary, chunks))
+    if k:
+        names, scores = top_k(outputs["probabilities"], k, LABELS)
+        entries.append(output_entry("top_k_classes", names, binary_top_k, chunks))
+        entries.append(output_entry("top_k_scores", scores, binary_top_k, chunks))
+    return encode_response({"model_name": "m", "model_version": "1", "outputs": entries}, chunks)[0]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_answer_bound_is_an_upper_bound_for_the_longest_values(binary):
+    """answer_bound, from shapes alone, is never below the real encoding of the longest numbers
+    and labels JSON can get, and within 30 % of it for a large float output."""
+    from dnnspec.serve.protocol import OutputRequest, answer_bound
+
+    n = 400
+    outputs = {"probabilities": np.resize(WORST_FLOATS, (n, 4)), "logits": np.resize(WORST_FLOATS, (n, 4)) * 1,
+               "ints": np.full((n, 3), np.iinfo(np.int64).min), "flags": np.zeros((n, 2), bool),
+               "words": np.array([["\U0001f600" * 5]] * n, dtype=object)}
+    selection = [OutputRequest("probabilities", binary), OutputRequest("logits", binary, classification=3),
+                 OutputRequest("ints", binary), OutputRequest("flags", binary), OutputRequest("words", binary)]
+    label_bytes = max(len(json.dumps(s)) for s in LABELS)
+    real = len(_encode_like_the_server(outputs, selection, 4, binary))
+    bound = answer_bound(outputs, selection, 4, binary, "probabilities", label_bytes)
+    assert real <= bound
+    floats = [OutputRequest("probabilities", binary)]
+    real = len(_encode_like_the_server({"probabilities": np.resize(WORST_FLOATS, (5000, 40))}, floats, 0, binary))
+    assert real <= answer_bound({"probabilities": np.resize(WORST_FLOATS, (5000, 40))}, floats, 0, binary,
+                                "probabilities", label_bytes) <= 1.3 * real
+
+
+def test_answer_bound_clamps_k_to_the_classes():
+    """A top_k or classification over the class count is left to its own message, not the size limit."""
+    from dnnspec.serve.protocol import OutputRequest, answer_bound
+
+    scores = {"probabilities": np.zeros((2, 3), np.float32)}
+    huge = answer_bound(scores, [OutputRequest("probabilities", False, classification=10**12)], 10**12, False,
+                        "probabilities", 10)
+    assert huge == answer_bound(scores, [OutputRequest("probabilities", False, classification=3)], 3, False,
+                                "probabilities", 10)
+
+
+def test_fit_open_files_raises_the_soft_limit_or_lowers_the_cap(monkeypatch):
+    from dnnspec.serve import guard
+
+    class FakeResource:
+        RLIMIT_NOFILE, RLIM_INFINITY = 7, -1
+
+        def __init__(self, soft, hard):
+            self.limits = (soft, hard)
+
+        def getrlimit(self, which):
+            return self.limits
+
+        def setrlimit(self, which, limits):
+            self.limits = limits
+
+    fake = FakeResource(1024, 4096)
+    monkeypatch.setattr(guard, "resource", fake)
+    assert guard.fit_open_files(1000) == (1000, 1000 + guard.RESERVED_FILES) and fake.limits == (1064, 4096)
+    monkeypatch.setattr(guard, "resource", FakeResource(256, 256))
+    assert guard.fit_open_files(1000) == (256 - guard.RESERVED_FILES, 256)
+    monkeypatch.setattr(guard, "resource", FakeResource(40, 40))
+    with pytest.raises(UsageError, match=r"open-file limit \(ulimit -n\) is 40; dnnspec serve needs at least 65"):
+        guard.fit_open_files(1000)

@@ -7,8 +7,9 @@ Routes (``{v}`` parts optional; without one the highest version answers):
 - ``POST /v2/models/{name}[/versions/{v}]/infer``
 
 Every error is ``{"error": "..."}`` with a 4xx status for the client's mistakes (400 bad
-request, 404 unknown model or version, 408 body too slow, 413 body too large) and
-5xx for the server's (503 inference timed out, 500 a bug).
+request or an answer over ``--max-answer-mb``, 404 unknown model or version, 408 head or
+body too slow, 413 body too large, 431 head too large) and 5xx for the server's (503
+inference timed out or every connection busy, 500 a bug). Connection limits: see :mod:`.guard`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,20 +33,22 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import UsageError
 from .batching import Batcher
+from .guard import LIMITS_KEY, ConnectionLimits, fit_open_files, protocol_class
 from .models import Repository, ServedModel, load_repository
 from .protocol import (
     TOP_K_CLASSES,
     TOP_K_SCORES,
+    BoundedCache,
     InferenceError,
     InferRequest,
     OutputRequest,
+    answer_bound,
     binary_chunk,
     classification,
     encode_response,
     json_bytes,
     output_entry,
     parse_infer_request,
-    remember,
     top_k,
 )
 
@@ -69,10 +72,23 @@ class ServeConfig:
     max_rows: int = 1024
     timeout_s: float = 30.0
     threads: int = 1
+    max_answer_mb: float = 64.0
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_header_kb: float = 64.0
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_answer_bytes(self) -> int:
+        return int(self.max_answer_mb * 1024 * 1024)
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(self.max_connections, self.header_timeout_s, int(self.max_header_kb * 1024))
 
 
 def json_response(body: dict, status: int = 200) -> Response:
@@ -95,13 +111,14 @@ class Server:
         self.batchers = {(m.name, m.version): Batcher(m, config.max_batch, window, self.pool)
                          for m in repository.all()}
         self.deadlines = Deadlines(config.timeout_s)
-        self._heads: dict[tuple, tuple[bytes, list[str], dict[str, str]]] = {}  # see _encode
+        self._heads = BoundedCache(entries=256, nbytes=1 << 20, item_bytes=64 << 10)  # see _encode
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
+        """Ready while serving; the lifespan state hands the connection limits to :mod:`.guard`."""
         self.ready = True
         try:
-            yield
+            yield {LIMITS_KEY: self.config.connection_limits}
         finally:  # uvicorn has finished the requests in flight by now
             self.ready = False
             await self.deadlines.close()
@@ -284,21 +301,29 @@ class Server:
             if cached is not None:
                 head, names, extra = cached
                 return b"".join([head, *(binary_chunk(outputs[n]) for n in names)]), extra
+        self._check_answer_size(m, req, outputs)
         body, chunks = self._response_body(m, req, outputs)
         content, extra = encode_response(body, chunks)
         if key is not None and chunks and all(outputs[e["name"]].dtype != object for e in body["outputs"]):
             head = content[:int(extra["inference-header-content-length"])]
-            remember(self._heads, key, (head, [e["name"] for e in body["outputs"]], extra), 256)
+            self._heads.put(key, (head, [e["name"] for e in body["outputs"]], extra), len(head))
         return content, extra
+
+    def _check_answer_size(self, m: ServedModel, req: InferRequest, outputs: dict) -> None:
+        """400 before encoding an answer that could be over ``--max-answer-mb`` (see ``answer_bound``)."""
+        bound = answer_bound(outputs, _selection(m, req), req.top_k, req.binary_output, m.scores_output,
+                             m.label_bytes) + len(req.id or "") * 12
+        limit = self.config.max_answer_bytes
+        if bound > limit:
+            raise InferenceError(f"the answer could take up to {bound:,} bytes, over the limit of {limit:,} bytes "
+                                 f"(--max-answer-mb {self.config.max_answer_mb:g}); ask for fewer rows or outputs, "
+                                 "or for binary data")
 
     def _response_body(self, m: ServedModel, req: InferRequest, outputs: dict) -> tuple[dict, list[bytes]]:
         """The JSON part of the response and the binary chunks that follow it."""
         chunks: list[bytes] = []
-        selection = req.outputs
-        if selection is None:
-            selection = [OutputRequest(name, req.binary_output) for name in m.output_names]
         entries = []
-        for sel in selection:
+        for sel in _selection(m, req):
             arr = outputs[sel.name]
             if sel.classification:
                 arr = classification(arr, sel.classification, m.class_names)
@@ -364,6 +389,13 @@ class Deadlines:
             self._sweeper = None
 
 
+def _selection(m: ServedModel, req: InferRequest) -> list[OutputRequest]:
+    """The outputs an answer carries: those asked for, or all of the model's."""
+    if req.outputs is not None:
+        return req.outputs
+    return [OutputRequest(name, req.binary_output) for name in m.output_names]
+
+
 _INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 _INFER_HEADERS = frozenset({b"content-length", b"content-encoding", b"inference-header-content-length"})
 
@@ -425,13 +457,13 @@ def serve(config: ServeConfig) -> None:
     """Load the models, bind ``host:port`` and serve until SIGINT/SIGTERM (graceful)."""
     import uvicorn
 
+    connections, open_files = fit_open_files(config.max_connections)
+    lowered = connections < config.max_connections
+    config = replace(config, max_connections=connections)
     repository = load_repository(config.model_path, config.provider, config.threads)
     sock = bind_socket(config.host, config.port)
-    _announce(repository, config, sock.getsockname()[1])
-    # proxy_headers off: nothing here reads the client address (no access log), and the
-    # middleware it adds is one more coroutine layer per request.
-    kwargs = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=config.timeout_s + 5,
-                  server_header=False, proxy_headers=False)
+    _announce(repository, config, sock.getsockname()[1], open_files if lowered else None)
+    kwargs = uvicorn_options(config)
     if config.workers > 1:
         sock.close()  # uvicorn's supervisor binds again and shares the socket with its workers
         config_to_env(config)
@@ -446,6 +478,17 @@ def serve(config: ServeConfig) -> None:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def uvicorn_options(config: ServeConfig) -> dict:
+    """The uvicorn settings of ``dnnspec serve`` (the tests run their servers with these too)."""
+    # proxy_headers off: nothing here reads the client address (no access log), and the
+    # middleware it adds is one more coroutine layer per request.
+    return dict(log_level="warning", access_log=False, timeout_graceful_shutdown=config.timeout_s + 5,
+                server_header=False, proxy_headers=False, http=protocol_class(),
+                timeout_keep_alive=config.keep_alive_s,
+                # h11's own limit on a head (400) sits just above the guard's (431)
+                h11_max_incomplete_event_size=int(config.max_header_kb * 1024) + 1024)
 
 
 @contextlib.contextmanager
@@ -486,9 +529,13 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def _announce(repository: Repository, config: ServeConfig, port: int) -> None:
+def _announce(repository: Repository, config: ServeConfig, port: int, open_files: int | None) -> None:
+    """One line on stderr; ``open_files`` when the connection cap was lowered to fit that open-file limit."""
     names = ", ".join(f"{n} (v{','.join(repository.versions(n))})" for n in sorted(repository.models))
     batching = (f"dynamic batching up to {config.max_batch} rows / {config.batch_window_ms:g} ms"
                 if config.batch_window_ms > 0 else "dynamic batching off")
+    cap = f"at most {config.max_connections} connections"
+    if open_files is not None:
+        cap += f", lowered to fit the open-file limit of {open_files}"
     print(f"dnnspec serve: {names} on http://{config.host}:{port}/v2 ({batching}, {config.workers} worker(s), "
-          f"{config.provider})", file=sys.stderr, flush=True)
+          f"{config.provider}, {cap})", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ Three layouts are accepted (paths come only from the command line, never from re
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -65,6 +66,13 @@ class ServedModel:
     def batchable(self) -> bool:
         """True when every input has a free first (batch) dimension."""
         return all(s.shape and s.shape[0] == -1 for s in self.inputs)
+
+    @functools.cached_property
+    def label_bytes(self) -> int:
+        """The longest class label of an answer as JSON, quotes included (class indices without names)."""
+        if not self.class_names:
+            return 22  # "18446744073709551615"
+        return max(len(json.dumps(name)) for name in self.class_names)
 
     @property
     def output_names(self) -> list[str]:

@@ -101,6 +101,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
     except (UnicodeDecodeError, ValueError) as e:
         hint = " (is Inference-Header-Content-Length right?)" if header_length is not None else ""
         raise InferenceError(f"malformed JSON in request: {e}{hint}") from None
+    except RecursionError:  # the C decoder recurses once per [ or {: ~1,000 levels exhaust the stack
+        raise InferenceError("JSON in request is nested too deeply; no request needs more than a few levels "
+                             "(tensor 'data' may be flat)") from None
     if not isinstance(header, dict):
         raise InferenceError("request body must be a JSON object")
     return header, memoryview(body)[end:]
@@ -120,18 +123,45 @@ class _Plan:
     parameters: dict
 
 
+class BoundedCache:
+    """A dict holding at most ``entries`` items and ``nbytes`` bytes; the oldest items go first.
+
+    Each item is stored with its size (``put``); an item over ``item_bytes`` is never stored.
+    The caches of the server hold what clients sent, so a bound on the count alone lets one
+    client pin count x (largest request) bytes: 256 checked headers of 4 MiB each is 1 GiB.
+    ``get`` is the plain ``dict.get`` of the items (the hot path pays nothing for the bound).
+    """
+
+    def __init__(self, entries: int, nbytes: int, item_bytes: int):
+        self.entries, self.nbytes, self.item_bytes = entries, nbytes, item_bytes
+        self._items: dict = {}
+        self._sizes: dict = {}
+        self.size = 0  # bytes held: the sum of the stored items' sizes
+        self.get = self._items.get
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key, value, size: int) -> None:
+        """Store ``value`` under ``key`` (unless it is too big or already there), dropping the oldest to fit."""
+        if size > self.item_bytes or key in self._items:
+            return
+        while self._items and (len(self._items) >= self.entries or self.size + size > self.nbytes):
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self.size -= self._sizes.pop(oldest)
+        self._items[key] = value
+        self._sizes[key] = size
+        self.size += size
+
+
 #: Checked headers by (header bytes, model inputs, output names, max_rows): clients send the
-#: same JSON header for every request of one shape (tritonclient does), so parsing and
-#: checking it once is enough; only the binary tensors differ. Bounded, oldest dropped first.
-_PLANS: dict[tuple, _Plan] = {}
-PLAN_CACHE_SIZE = 256
-
-
-def remember(cache: dict, key, value, limit: int) -> None:
-    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``limit``."""
-    if key not in cache and len(cache) >= limit:
-        del cache[next(iter(cache))]
-    cache[key] = value
+#: same JSON header for every request of one shape (tritonclient does, in ~200 bytes), so
+#: parsing and checking it once is enough; only the binary tensors differ. Headers over
+#: 16 KiB are never kept, and all kept headers together stay under 1 MiB, so the plans
+#: (which hold the parsed header) stay under ~20 MiB whatever clients send (an empty JSON
+#: list takes 3 bytes on the wire and 64 in Python) and under 1 MiB for real clients.
+_PLANS = BoundedCache(entries=256, nbytes=1 << 20, item_bytes=16 << 10)
 
 
 def json_bytes(obj) -> bytes:
@@ -160,8 +190,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     ``parameters`` of the result may then be shared between requests: read them only.
     """
     key = None
-    if header_length is not None and header_length.isdigit() and 0 < int(header_length) <= len(body):
-        end = int(header_length)
+    if (header_length is not None and header_length.isdigit()
+            and 0 < (end := int(header_length)) <= min(len(body), _PLANS.item_bytes)):
         key = (body[:end], tuple(inputs), tuple(output_names), max_rows)
         plan = _PLANS.get(key)
         if plan is not None and plan.binary_size == len(body) - end:
@@ -188,7 +218,7 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     if key is not None and len(layout) == len(arrays):  # every input binary: remember the checked header
         plan = _Plan(tuple(layout), len(binary), rows, request.id, request.outputs, request.binary_output,
                      request.top_k, request.parameters)
-        remember(_PLANS, key, plan, PLAN_CACHE_SIZE)
+        _PLANS.put(key, plan, len(key[0]))
     return request
 
 
@@ -269,7 +299,8 @@ def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.nda
     try:
         raw = np.asarray(data)
     except ValueError:
-        raise InferenceError(f"input '{spec.name}': 'data' is a ragged nested list") from None
+        raise InferenceError(f"input '{spec.name}': 'data' is a ragged nested list, or nested deeper than "
+                             "NumPy's 64 dimensions") from None
     allowed = {"b": "b", "i": "iu", "u": "iu"}.get(DATATYPES[spec.datatype].kind, "iuf")
     if raw.size and raw.dtype.kind not in allowed:
         raise InferenceError(f"input '{spec.name}': 'data' must hold {spec.datatype} numbers, "
@@ -346,12 +377,16 @@ def _parse_outputs(outputs, names: list[str]) -> list[OutputRequest] | None:
         return None
     if not isinstance(outputs, list):
         raise InferenceError("'outputs' must be a list")
-    chosen = []
+    chosen: list[OutputRequest] = []
+    seen: set[str] = set()
     for item in outputs:
         item = _dict(item, "outputs[]")
         name = item.get("name")
         if name not in names:
             raise InferenceError(f"unknown output {name!r}; the model's outputs are {names}")
+        if name in seen:  # each copy would be encoded again: 2,000 copies made a 111 MB answer
+            raise InferenceError(f"output '{name}' is asked for more than once; name each output once")
+        seen.add(name)
         params = _dict(item.get("parameters", {}), "parameters")
         k = params.get("classification", 0)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
@@ -367,6 +402,53 @@ def _parse_top_k(k) -> int:
 
 
 # ---------------------------------------------------------------- responses
+
+#: The most bytes one element takes in a JSON answer, comma included: ``-1.1754943508222875e-38,``
+#: (a float as Python writes it), ``-9223372036854775808,``, ``false,``.
+JSON_ELEMENT_BYTES = {"f": 25, "i": 21, "u": 21, "b": 6}
+#: The most bytes of a classification string ``"score:index:label",`` besides its label: a float32
+#: in ``%f`` (up to 47 characters), a 20-digit index, two colons, quotes and a comma.
+CLASSIFICATION_BYTES = 72
+#: JSON around the tensors: model name and version, each output's name, datatype and shape.
+ANSWER_OVERHEAD = 1024
+
+
+def answer_bound(outputs: dict[str, np.ndarray], selection: list[OutputRequest], top_k: int, binary_top_k: bool,
+                 scores_output: str, label_bytes: int) -> int:
+    """An upper bound on the bytes of an answer, from shapes alone: checked before anything is encoded.
+
+    Per output of n elements: ``n * itemsize`` binary, ``n * JSON_ELEMENT_BYTES`` as JSON; a
+    classification of k classes over r rows ``r * k * (CLASSIFICATION_BYTES + label_bytes)``;
+    ``top_k`` adds r * k labels and r * k scores. k is clamped to the classes there are (more is
+    refused later with its own message). ``label_bytes``: the longest class label as JSON.
+    """
+    total = ANSWER_OVERHEAD * (len(selection) + 3)
+    for sel in selection:
+        arr = outputs[sel.name]
+        if sel.classification:
+            rows, width = _rows_width(arr)
+            total += rows * min(sel.classification, width) * (CLASSIFICATION_BYTES + label_bytes)
+        else:
+            total += _tensor_bound(arr, sel.binary)
+    if top_k:
+        rows, width = _rows_width(outputs[scores_output])
+        k = min(top_k, width)
+        score_bytes = 8 if binary_top_k else JSON_ELEMENT_BYTES["f"]
+        total += rows * k * (label_bytes + 4 + score_bytes)
+    return total
+
+
+def _rows_width(arr: np.ndarray) -> tuple[int, int]:
+    rows = arr.shape[0] if arr.ndim else 1
+    return rows, arr.size // max(rows, 1)
+
+
+def _tensor_bound(arr: np.ndarray, binary: bool) -> int:
+    if arr.dtype == object:  # BYTES: 4-byte length + UTF-8; in JSON quoted, up to 12 bytes a character (\ud83d\ude00)
+        chars = sum(len(s) for s in arr.flat)
+        return arr.size * 4 + chars * 4 if binary else arr.size * 3 + chars * 12
+    return arr.nbytes if binary else arr.size * JSON_ELEMENT_BYTES.get(arr.dtype.kind, 25)
+
 
 def top_k(scores: np.ndarray, k: int, class_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
     """The k best classes of each row: (names (N, k) object array, scores (N, k)).
