@@ -1,7 +1,7 @@
 """``dnnspec serve``: serve ONNX models over the Open Inference Protocol (KServe V2, HTTP).
 
-Starlette, uvicorn and onnxruntime are imported only when the command runs; they come
-with the optional extra ``pip install 'dnnspec[serve]'``.
+Starlette, uvicorn, prometheus_client and onnxruntime are imported only when the command
+runs; they come with the optional extra ``pip install 'dnnspec[serve]'``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(<name>/<version>/model.onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own sessions")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes, each with its own sessions (GET /metrics sums them all)")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="onnxruntime execution provider")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per model (default 1)")
     parser.add_argument("--max-batch", type=int, default=64, help="most rows in one dynamic batch (default 64)")

@@ -5,6 +5,7 @@ Routes (``{v}`` parts optional; without one the highest version answers):
 - ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata)
 - ``GET /v2/models/{name}[/versions/{v}]`` (model metadata), ``.../ready``, ``.../config``, ``.../stats``
 - ``POST /v2/models/{name}[/versions/{v}]/infer``
+- ``GET /metrics``: Prometheus metrics, under Triton's names where Triton has one (see :mod:`.metrics`)
 
 Every error is ``{"error": "..."}`` with a 4xx status for the client's mistakes (400 bad
 request or an answer over ``--max-answer-mb``, 404 unknown model or version, 408 head or
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import sys
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +36,7 @@ from .. import __version__
 from ..errors import UsageError
 from .batching import Batcher
 from .guard import LIMITS_KEY, ConnectionLimits, fit_open_files, protocol_class
+from .metrics import CONTENT_TYPE, ServeMetrics, worker_directory
 from .models import Repository, ServedModel, load_repository
 from .protocol import (
     TOP_K_CLASSES,
@@ -108,7 +111,9 @@ class Server:
         self.ready = False
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="infer")
         window = config.batch_window_ms / 1000.0
-        self.batchers = {(m.name, m.version): Batcher(m, config.max_batch, window, self.pool)
+        self.metrics = ServeMetrics(max(config.max_batch, config.max_rows))  # the largest run either way
+        self.batchers = {(m.name, m.version): Batcher(m, config.max_batch, window, self.pool,
+                                                      self.metrics.model(m.name, m.version))
                          for m in repository.all()}
         self.deadlines = Deadlines(config.timeout_s)
         self._heads = BoundedCache(entries=256, nbytes=1 << 20, item_bytes=64 << 10)  # see _encode
@@ -132,7 +137,8 @@ class Server:
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.health_ready),
-                  Route("/v2", self.server_metadata), Route("/v2/models/stats", self.stats)]
+                  Route("/v2", self.server_metadata), Route("/v2/models/stats", self.stats),
+                  Route("/metrics", self.prometheus)]
         for base in (model, versioned):
             routes += [Route(base, self.model_metadata), Route(base + "/ready", self.model_ready),
                        Route(base + "/config", self.model_config), Route(base + "/stats", self.stats),
@@ -198,6 +204,10 @@ class Server:
              "inference_count": m.stats.inference_count, "execution_count": m.stats.execution_count}
             for m in models]})
 
+    async def prometheus(self, request: Request) -> Response:
+        """Prometheus text format 0.0.4 (what Triton serves on its metrics port)."""
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
     # ---------------------------------------------------------------- inference
 
     async def infer_asgi(self, name: str, version: str | None, scope: dict, receive, send) -> None:
@@ -207,40 +217,49 @@ class Server:
         middleware stack, which cost about as much CPU per request as everything else
         here together (py-spy, 2 ms window: ~60 % of the server's samples were under
         Starlette's call chain); :class:`InferFront` routes it here. Errors become the
-        same ``{"error": ...}`` responses as on every other route.
+        same ``{"error": ...}`` responses as on every other route. Metrics: one latency
+        observation per success, one failure count per error (for a model this server has).
         """
+        start = time.perf_counter()
         limit_s = self.config.timeout_s
         phase = "body"
         task = asyncio.current_task()
+        batcher = None
         try:
             headers = {k: v for k, v in scope["headers"] if k in _INFER_HEADERS}
             m = self.repository.get(name, version)
+            batcher = self.batchers[(m.name, m.version)]
             self.deadlines.add(task)  # one deadline for the body and the inference
             try:
                 body = await self._read_body(receive, headers)
                 ihcl = headers.get(b"inference-header-content-length")
-                batcher = self.batchers[(m.name, m.version)]
                 req = parse_infer_request(body, None if ihcl is None else ihcl.decode("latin-1"), m.inputs,
                                           m.output_names, self.config.max_rows,
                                           check_finite=not batcher.enabled)  # else once per batch
                 phase = "inference"
                 outputs = await batcher.submit(req.inputs, req.rows)
+                phase = "answer"
             except asyncio.CancelledError:
                 if not self.deadlines.expired(task):
                     raise  # cancelled for another reason (shutdown): not ours to answer
                 if phase == "body":
                     raise InferenceError(f"request body not received within {limit_s:g} s", 408) from None
-                raise InferenceError(f"inference timed out after {limit_s:g} s", 503) from None
+                raise InferenceError(f"inference timed out after {limit_s:g} s", 503, "REJECTED") from None
             finally:
                 self.deadlines.discard(task)
             content, extra = self._encode(m, req, outputs)
             status = 200
+            batcher.metrics.succeeded(time.perf_counter() - start)
         except InferenceError as e:
             content, extra, status = _error_body(str(e)), {"content-type": "application/json"}, e.status
-        except Exception as e:  # a bug: answer 500, keep serving
+            if batcher is not None:
+                batcher.metrics.failed(e.reason)
+        except Exception as e:  # a bug, or the model failed: answer 500, keep serving
             print(f"dnnspec serve: internal error: {type(e).__name__}: {e}", file=sys.stderr)
             content = _error_body(f"internal server error: {type(e).__name__}")
             extra, status = {"content-type": "application/json"}, 500
+            if batcher is not None:
+                batcher.metrics.failed("BACKEND" if phase == "inference" else "OTHER")
         raw = [(b"content-length", str(len(content)).encode())]
         raw += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -257,7 +276,7 @@ class Server:
         while True:  # the caller's deadline bounds this loop
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise InferenceError("the client disconnected before sending the whole body", 400)
+                raise InferenceError("the client disconnected before sending the whole body", 400, "CANCELED")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -467,7 +486,7 @@ def serve(config: ServeConfig) -> None:
     if config.workers > 1:
         sock.close()  # uvicorn's supervisor binds again and shares the socket with its workers
         config_to_env(config)
-        with _quiet_stop():
+        with worker_directory(), _quiet_stop():  # the workers' metrics, summed by whichever answers a scrape
             uvicorn.run("dnnspec.serve.app:app_from_env", factory=True, host=config.host, port=config.port,
                         workers=config.workers, **kwargs)
         return

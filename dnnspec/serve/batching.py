@@ -27,6 +27,10 @@ back costs more than the run, and it runs on the event loop itself. A model that
 slower (bigger batches) moves back to the thread on its own.
 
 A window of 0 turns batching off: each request runs alone in a thread pool.
+
+Metrics (:mod:`.metrics`) are updated once per run: rows, requests, run time and the
+requests' summed time in the queue (from :meth:`Batcher.submit` to their run's start,
+which for unbatched requests is their wait for a pool thread).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metrics import ModelMetrics
 from .models import ServedModel
 from .protocol import InferenceError, finite_rows, require_finite
 
@@ -48,6 +53,7 @@ class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future
+    queued_at: float  # time.perf_counter() at submit
 
 
 class Batcher:
@@ -60,8 +66,10 @@ class Batcher:
     #: Batches whose session.run lately took less than this run on the event loop itself.
     INLINE_BELOW_S = 200e-6
 
-    def __init__(self, model: ServedModel, max_batch: int, window_s: float, pool: ThreadPoolExecutor):
+    def __init__(self, model: ServedModel, max_batch: int, window_s: float, pool: ThreadPoolExecutor,
+                 metrics: ModelMetrics | None = None):
         self.model = model
+        self.metrics = metrics
         self.max_batch = max_batch
         self.window_s = window_s
         self.enabled = window_s > 0 and max_batch > 1 and model.batchable
@@ -71,6 +79,7 @@ class Batcher:
         self._natural: collections.deque[int] = collections.deque(maxlen=self.PROBE_EVERY)
         self._batches = 0
         self._run_s = float("inf")  # moving average of session.run seconds; unknown: use the thread
+        self._last_run_s = 0.0  # the latest run's seconds (one batch runs at a time)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -86,12 +95,12 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         if not self.enabled:
-            return loop.run_in_executor(self._pool, self.model.run, inputs)
+            return loop.run_in_executor(self._pool, self._run_alone, inputs, rows, time.perf_counter())
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._work())
         future = loop.create_future()
-        self._pending.append(_Pending(inputs, rows, future))
+        self._pending.append(_Pending(inputs, rows, future, time.perf_counter()))
         self._wake.set()
         return future
 
@@ -145,6 +154,7 @@ class Batcher:
     async def _run(self, batch: list[_Pending]) -> None:
         """One session.run for the whole batch; each request gets its rows back."""
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         merged = self._merge(batch)
         kept = self._drop_non_finite(batch, merged)
         if len(kept) != len(batch):  # rare: some request held NaN/infinity and got its error
@@ -161,6 +171,10 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
+        if self.metrics is not None:  # once per run: sum(started - queued_at) over the batch
+            n = len(batch)
+            self.metrics.ran(sum(p.rows for p in batch), n, self._last_run_s,
+                             started * n - sum(p.queued_at for p in batch))
         start = 0
         for p in batch:
             if not p.future.done():
@@ -171,7 +185,16 @@ class Batcher:
         """model.run (on the event loop or in the runner thread), keeping a moving average of its duration."""
         t0 = time.perf_counter()
         outputs = self.model.run(merged)
-        self._run_s = 0.8 * self._run_s + 0.2 * (time.perf_counter() - t0)
+        self._last_run_s = time.perf_counter() - t0
+        self._run_s = 0.8 * self._run_s + 0.2 * self._last_run_s
+        return outputs
+
+    def _run_alone(self, inputs: dict[str, np.ndarray], rows: int, queued_at: float) -> dict[str, np.ndarray]:
+        """One unbatched request, in a pool thread: model.run, and its metrics."""
+        t0 = time.perf_counter()
+        outputs = self.model.run(inputs)
+        if self.metrics is not None:
+            self.metrics.ran(rows, 1, time.perf_counter() - t0, t0 - queued_at)
         return outputs
 
     @staticmethod

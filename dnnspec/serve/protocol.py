@@ -43,11 +43,13 @@ TOP_K_SCORES = "top_k_scores"
 
 
 class InferenceError(DnnspecError):
-    """A request the server refuses; ``status`` is the HTTP status (4xx client, 5xx server)."""
+    """A request the server refuses; ``status`` is the HTTP status (4xx client, 5xx server), ``reason``
+    the failure reason its metrics count it under (Triton's: REJECTED, CANCELED, BACKEND, OTHER)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, reason: str = "OTHER"):
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
