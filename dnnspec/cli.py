@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train a spec on data with the NumPy engine",
     "export": "write a trained run as an ONNX model",
     "predict": "run an ONNX model on inputs with onnxruntime",
+    "evaluate": "measure a model on labelled data: accuracy, per-class scores, confusion matrix",
     "serve": "serve ONNX models over the Open Inference Protocol (HTTP)",
     "augment-preview": "draw originals beside augmented variants as a PNG grid",
     "plot": "draw learning curves of one or several runs",

@@ -33,15 +33,18 @@ ALIASES = {"train_loss": ("loss",), "train_acc": ("accuracy", "train_accuracy", 
            "val_acc": ("val_accuracy",), "time": ("seconds",)}
 
 
-def write_curves(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path | None:
+def write_curves(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], best_epoch: int | None = None,
+                 test: Mapping[str, float] | None = None) -> Path | None:
     """Draw one run's loss and accuracy per epoch into ``run_dir/curves.png``.
 
-    Returns the path, or None (quietly) when matplotlib is not installed or there are no rows.
+    ``best_epoch`` is marked with a vertical line, the ``test`` metrics (accuracy, else loss)
+    with a horizontal one. Returns the path, or None (quietly) when matplotlib is not
+    installed or there are no rows.
     """
     if not rows or not _have_matplotlib():
         return None
     series = _series(rows)
-    fig = curves_figure([(Path(run_dir).name or "run", series)], single=True)
+    fig = curves_figure([(Path(run_dir).name or "run", series)], single=True, best_epoch=best_epoch, test=test)
     return _save(fig, Path(run_dir) / CURVES)
 
 
@@ -54,7 +57,28 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     if not _have_matplotlib():
         raise UsageError("plotting needs matplotlib; install it with: pip install 'dnnspec[plot]'")
     runs = [(_run_label(Path(d), run_dirs), _series(read_history(d))) for d in run_dirs]
-    return _save(curves_figure(runs, single=len(runs) == 1), Path(out))
+    marks = read_marks(run_dirs[0]) if len(runs) == 1 else {}
+    return _save(curves_figure(runs, single=len(runs) == 1, **marks), Path(out))
+
+
+def read_marks(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The best epoch and test metrics a run recorded (checkpoint.npz, metrics.json), for the curves' marks."""
+    import json
+
+    from .checkpoint import read_meta
+    from .engine.trainer import CHECKPOINT
+
+    run, marks = Path(run_dir), {}
+    try:
+        marks["best_epoch"] = read_meta(run / CHECKPOINT).get("best_epoch")
+    except (DnnspecError, OSError, AttributeError):
+        pass
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        marks["test"] = {k: float(metrics[k]) for k in ("loss", "accuracy") if k in metrics}
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return marks
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
@@ -129,9 +153,15 @@ def _run_label(d: Path, all_dirs: Sequence[str | os.PathLike]) -> str:
     return name if names.count(name) == 1 else "/".join(d.resolve().parts[-2:])
 
 
-def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
+def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool, best_epoch: int | None = None,
+                  test: Mapping[str, float] | None = None):
     """Two panels (loss, accuracy; loss only when no run has accuracy); training solid,
-    validation dashed; one colour per run. ``runs``: (label, column -> values per epoch)."""
+    validation dashed; one colour per run. ``runs``: (label, column -> values per epoch).
+
+    A single run also shows its learning rate (grey, right axis of the loss panel), the
+    ``best_epoch`` (dotted vertical line) and the ``test`` accuracy (or loss) as a
+    dash-dotted horizontal line.
+    """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -153,8 +183,71 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool):
         ax.set_ylabel("loss" if key == "loss" else "accuracy")
         ax.set_title(("loss" if key == "loss" else "accuracy") + (f": {runs[0][0]}" if single else ""))
         ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
+    lr_ax = _mark_run(runs[0][1], dict(panels), best_epoch, test or {}) if single else None
+    for key, ax in panels:
+        handles, labels = ax.get_legend_handles_labels()
+        if key == "loss" and lr_ax is not None:  # one legend for the loss and the learning rate
+            more = lr_ax.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        if handles:
+            ax.legend(handles, labels, fontsize="small")
+    return fig
+
+
+def _mark_run(s: dict[str, np.ndarray], panels: dict[str, Any], best_epoch: int | None,
+              test: Mapping[str, float]) -> Any:
+    """The learning rate on a right-hand axis of the loss panel (returned), the best epoch, the test result."""
+    loss_ax, lr_ax = panels["loss"], None
+    if np.isfinite(s["lr"]).any():
+        lr_ax = loss_ax.twinx()
+        lr_ax.plot(s["epoch"], s["lr"], "-", color="0.6", linewidth=1.2, label="learning rate (right)")
+        lr_ax.set_ylabel("learning rate", color="0.35")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if best_epoch:
+        for key, ax in panels.items():
+            ax.axvline(best_epoch, color="0.2", linestyle=(0, (1, 2)), linewidth=1,
+                       label=f"best epoch {best_epoch}" if key == "loss" else None)
+    if test.get("accuracy") is not None and "acc" in panels:
+        panels["acc"].axhline(test["accuracy"], color="C3", linestyle="-.", linewidth=1,
+                              label=f"test {test['accuracy']:.4f}")
+    elif test.get("loss") is not None:
+        loss_ax.axhline(test["loss"], color="C3", linestyle="-.", linewidth=1, label=f"test {test['loss']:.4g}")
+    return lr_ax
+
+
+def write_confusion(path: str | os.PathLike, counts: np.ndarray, class_names: Sequence[str],
+                    title: str = "") -> Path | None:
+    """A confusion matrix as PNG (rows: true class, columns: predicted), with class names; None without matplotlib."""
+    if not _have_matplotlib():
+        return None
+    return _save(confusion_figure(counts, class_names, title), Path(path))
+
+
+def confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str = ""):
+    """The matplotlib Figure of :func:`write_confusion`: colour = share of the true class (row), text = count."""
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(counts)
+    k = len(counts)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.55 * k + 2.5), 30.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    ticks = np.arange(k)
+    font = max(5.0, min(10.0, 220.0 / max(k, 1)))
+    ax.set_xticks(ticks, [str(n) for n in class_names], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center",
+                  fontsize=font)
+    ax.set_yticks(ticks, [str(n) for n in class_names], fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if k <= 40:  # the counts stay readable up to about this size
+        for i, j in zip(*np.nonzero(counts)):
+            ax.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=font * 0.9,
+                    color="white" if rows[i, j] > 0.5 else "black")
     return fig
 
 
@@ -215,5 +308,5 @@ def _have_matplotlib() -> bool:
     return True
 
 
-__all__ = ["CURVES", "HISTORY", "augment_grid_figure", "curves_figure", "plot_runs", "read_history",
-           "write_augment_grid", "write_curves"]
+__all__ = ["CURVES", "HISTORY", "augment_grid_figure", "confusion_figure", "curves_figure", "plot_runs",
+           "read_history", "read_marks", "write_augment_grid", "write_confusion", "write_curves"]

@@ -55,7 +55,7 @@ def test_write_curves_png_atomic_and_replaces(tmp_path):
 def test_curves_draw_exactly_the_history_values():
     rows = history(epochs=4)
     fig = plots.curves_figure([("run", plots._series(rows))], single=True)
-    loss_ax, acc_ax = fig.axes
+    loss_ax, acc_ax = fig.axes[:2]  # then the learning rate's axis, twinned with the loss panel
     by_label = {line.get_label(): line for line in loss_ax.lines}
     np.testing.assert_allclose(by_label["train"].get_xdata(), [1, 2, 3, 4])
     np.testing.assert_allclose(by_label["train"].get_ydata(), [r["train_loss"] for r in rows])
@@ -81,7 +81,45 @@ def test_trainer_column_names_are_understood(tmp_path):
 
 def test_curves_without_validation_or_accuracy():
     fig = plots.curves_figure([("r", plots._series(history(val=False, acc=False)))], single=True)
-    assert len(fig.axes) == 1 and [line.get_label() for line in fig.axes[0].lines] == ["train"]
+    loss_ax, lr_ax = fig.axes  # one panel, and the learning rate on its right-hand axis
+    assert [line.get_label() for line in loss_ax.lines] == ["train"]
+    assert lr_ax.get_ylabel() == "learning rate" and lr_ax.get_shared_x_axes().joined(loss_ax, lr_ax)
+
+
+def test_curves_mark_best_epoch_test_result_and_learning_rate():
+    rows = history(epochs=6)
+    for r in rows:
+        r["lr"] = 0.1 / r["epoch"]  # a decaying rate, drawn as recorded
+    fig = plots.curves_figure([("r", plots._series(rows))], single=True, best_epoch=4, test={"accuracy": 0.62})
+    loss_ax, acc_ax, lr_ax = fig.axes
+    lr_line = lr_ax.lines[0]
+    np.testing.assert_allclose(lr_line.get_ydata(), [0.1 / e for e in range(1, 7)])
+    for ax in (loss_ax, acc_ax):  # the best epoch: a vertical line at x = 4 on both panels
+        assert any(list(ln.get_xdata()) == [4, 4] for ln in ax.lines)
+    test = [ln for ln in acc_ax.lines if ln.get_label() == "test 0.6200"]
+    assert len(test) == 1 and list(test[0].get_ydata()) == [0.62, 0.62]
+    labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert "best epoch 4" in labels and "learning rate (right)" in labels
+
+
+def test_curves_of_a_regression_run_mark_the_test_loss():
+    fig = plots.curves_figure([("r", plots._series(history(acc=False)))], single=True, best_epoch=2,
+                              test={"loss": 0.5})
+    assert [ln.get_label() for ln in fig.axes[0].lines if list(ln.get_ydata()) == [0.5, 0.5]] == ["test 0.5"]
+
+
+def test_confusion_png_has_class_names_and_counts(tmp_path):
+    counts = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
+    names = ["cat", "dog", "a very long class name"]
+    fig = plots.confusion_figure(counts, names, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names == [t.get_text() for t in ax.get_yticklabels()]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(counts[i, j]) for i, j in zip(*np.nonzero(counts))}
+    np.testing.assert_allclose(ax.images[0].get_array(), counts / counts.sum(1, keepdims=True))
+    path = plots.write_confusion(tmp_path / "c.png", counts, names)
+    fmt, (w, h), levels = png_size(path)
+    assert fmt == "PNG" and w >= 400 and h >= 400 and levels > 10
 
 
 def test_write_curves_quietly_none_without_matplotlib(tmp_path, monkeypatch):
@@ -222,3 +260,19 @@ def test_plot_draws_the_checkpoints_history_when_history_csv_is_behind(tmp_path,
     assert [r["epoch"] for r in plots.read_history(run)] == ["1", "2", "3"]
     assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0
     capsys.readouterr()
+
+
+def test_plot_of_one_run_reads_its_best_epoch_and_test_result(tmp_path):
+    from dnnspec import ir
+    from dnnspec.engine.net import Net
+    from dnnspec.engine.trainer import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    m = ir.model_from_layers((2,), [("dense", {"units": 2}), ("softmax", {})],
+                             train={"epochs": 3, "batch": 20, "seed": 0, "validation": 0.2})
+    h = fit(Net(m), x, y, run_dir=tmp_path / "run", progress=False, x_test=x[:40], y_test=y[:40])
+    marks = plots.read_marks(tmp_path / "run")
+    assert marks["best_epoch"] == h.best_epoch and marks["test"] == h.test
+    assert plots.read_marks(tmp_path) == {}  # not a run: no marks, no error

@@ -192,13 +192,14 @@ def test_progress_lines_and_test_accuracy():
     x, y = blobs(200)
     buf = io.StringIO()
     h = fit(Net(model()), x, y, epochs=2, progress="auto", out=buf, x_test=x[:50], y_test=y[:50])
-    text = buf.getvalue()
-    assert "\r" not in text  # StringIO is not a terminal: plain lines
-    assert text.count("epoch ") == 2 and "val_acc" in text and "test accuracy" in text
+    lines = buf.getvalue().splitlines()
+    assert "\r" not in buf.getvalue()  # StringIO is not a terminal: plain lines
+    assert [ln.split()[1] for ln in lines[:2]] == ["1/2", "2/2"] and all("val_acc" in ln for ln in lines[:2])
+    assert len(lines) == 3 and lines[2].startswith(f"best epoch {h.best_epoch} of 2, test accuracy ")
     assert 0.0 <= h.test["accuracy"] <= 1.0
-    bar = io.StringIO()
+    bar = io.StringIO()  # a bar forced onto a stream that is not a terminal: 80 columns are assumed
     fit(Net(model()), x, y, epochs=1, progress="bar", out=bar)
-    assert "batch/s" in bar.getvalue() and "ETA" in bar.getvalue()
+    assert "batch/s" in bar.getvalue() and " left" in bar.getvalue()
 
 
 def test_batches_are_gathered_by_index_not_copied():
@@ -328,3 +329,37 @@ def test_resume_says_where_it_goes_on_and_clears_stale_temporaries(tmp_path):
     assert first == f"resuming at epoch 3 of 4: {tmp_path / 'checkpoint.npz'} holds 2 epochs"
     assert not any(p.exists() for p in stale)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_test_report_files_belong_to_the_run(tmp_path):
+    """metrics.json and confusion.png are the run's: an overwrite without test data leaves none of the old ones."""
+    import json
+
+    x, y = blobs(300)
+    h = fit(Net(model()), x, y, epochs=2, run_dir=tmp_path, progress=False, x_test=x[:60], y_test=y[:60])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["accuracy"] == h.test["accuracy"] == h.report["accuracy"]
+    assert sum(map(sum, saved["confusion_matrix"]["counts"])) == 60
+    assert (tmp_path / "confusion.png").exists()
+    fit(Net(model()), x, y, epochs=1, run_dir=tmp_path, progress=False, overwrite=True)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "confusion.png").exists()
+
+
+def test_regression_test_report_and_final_line(tmp_path):
+    import json
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    t = (x @ np.array([[1.0], [-1.0], [0.5]])).astype(np.float32)
+    m = ir.model_from_layers((3,), [("dense", {"units": 8}), ("tanh", {}), ("dense", {"units": 1})], loss="mse",
+                             train={"epochs": 3, "batch": 20, "seed": 0, "validation": 0.2})
+    net = Net(m)
+    buf = io.StringIO()
+    h = fit(net, x, t, run_dir=tmp_path, progress="lines", out=buf, x_test=x[:50], y_test=t[:50])
+    out = net.forward(x[:50])
+    rmse = float(np.sqrt(np.mean((out.astype(np.float64) - t[:50]) ** 2)))
+    assert h.test["rmse"] == pytest.approx(rmse, rel=1e-6) and set(h.test) == {"loss", "mae", "rmse", "r2"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["rmse"] == pytest.approx(rmse, rel=1e-6)
+    assert not (tmp_path / "confusion.png").exists()  # no classes, no confusion matrix
+    assert buf.getvalue().splitlines()[-1].startswith(f"best epoch {h.best_epoch} of 3, test loss ")
+    assert f"(RMSE {rmse:.4g})" in buf.getvalue().splitlines()[-1]

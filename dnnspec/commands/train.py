@@ -2,9 +2,10 @@
 
 A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
 ``Net(model, seed)`` -> ``trainer.fit``. The run folder (default ``runs/<network name>``)
-receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png. A folder that
-already holds a run is refused (before the data is loaded) unless ``--resume`` continues
-it or ``--overwrite`` replaces it.
+receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png, and with a test
+split metrics.json and confusion.png. A folder that already holds a run is refused (before
+the data is loaded) unless ``--resume`` continues it or ``--overwrite`` replaces it.
+``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N training examples (quick runs)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                         help="progress output (default auto: a bar on a terminal, lines otherwise)")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="write TensorBoard event files here (loss, accuracy, lr, gradient norms per layer)")
+    parser.add_argument("--mlflow", metavar="URI",
+                        help="log params, metrics and the run's files to MLflow (a tracking URI, or a folder "
+                             "for a local file store)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -51,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import frontend
     from ..data import load_data
     from ..engine.net import Net
-    from ..engine.trainer import check_run_dir, fit, test_line
+    from ..engine.trainer import check_run_dir, fit
+    from ..progress import final_line
 
     _check_args(args)
     model = frontend.load(args.spec)
@@ -65,12 +72,28 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int(model.train["seed"])
     net = Net(model, seed=seed)
     out = sys.stdout
-    out.write(f"training {model.name} on {data.name or args.data or model.data}: {len(x)} examples, "
-              f"run folder {run_dir}\n")
-    history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir, resume=args.resume,
-                  overwrite=args.overwrite, progress=args.progress, x_test=data.x_test, y_test=data.y_test, out=out)
-    if history.test and args.progress == "none":  # the progress output already showed it otherwise
-        out.write(test_line(history.test) + "\n")
-    best = f", best epoch {history.best_epoch}" if history.best_epoch else ""
-    out.write(f"done: {len(history)} epochs{best}; weights in {run_dir / 'best.npz'}\n")
+    source = data.name or args.data or model.data
+    tracker = _trackers(args, net, run_dir, source)
+    out.write(f"training {model.name} on {source}: {len(x)} examples, run folder {run_dir}\n")
+    with tracker if tracker is not None else _nothing():
+        history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
+                      resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
+                      y_test=data.y_test, out=out, tracker=tracker)
+    if args.progress == "none":  # the progress output ends with this line otherwise
+        out.write(final_line(history) + "\n")
     return 0
+
+
+def _trackers(args: argparse.Namespace, net, run_dir, source):
+    """dnnspec.tracking.Trackers for --tensorboard / --mlflow (imported only then), or None."""
+    if args.tensorboard is None and args.mlflow is None:
+        return None
+    from ..tracking import Trackers
+
+    return Trackers(net, tensorboard=args.tensorboard, mlflow=args.mlflow, run_dir=run_dir, data=str(source))
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

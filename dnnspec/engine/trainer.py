@@ -25,7 +25,9 @@ finite; the checkpoint on disk is the last finite one.
 
 Run folder (``run_dir``): ``checkpoint.npz`` (every ``checkpoint_every`` epochs and at the
 end; everything needed to resume), ``best.npz`` (weights of the best epoch, loadable with
-``dnnspec.load``), ``history.csv``, ``spec.dnn`` and ``curves.png`` (when matplotlib is there).
+``dnnspec.load``), ``history.csv``, ``spec.dnn`` and ``curves.png`` (when matplotlib is there);
+with test data, the evaluation report of the final weights on it: ``metrics.json`` and
+``confusion.png`` (dnnspec.evaluation).
 Resume restores weights, optimizer state, generator state, history and early-stopping state
 from ``checkpoint.npz``: a run stopped after epoch k and resumed ends bit-identical to one
 that never stopped (for schedules that depend on the total epoch count, with the same
@@ -44,7 +46,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ import numpy as np
 
 from .. import fileio
 from ..errors import CheckpointError, DivergenceError, UsageError
+from ..progress import final_line, make_progress
 from .optim import global_norm, make_optimizer
 from .schedules import make_schedule
 
@@ -64,9 +66,11 @@ HISTORY = "history.csv"
 SPEC_COPY = "spec.dnn"
 CURVES = "curves.png"
 EXPORTED = "model.onnx"  # where 'dnnspec export RUN_DIR' writes by default: part of the run
+METRICS = "metrics.json"  # the test split's evaluation report (dnnspec.evaluation)
+CONFUSION = "confusion.png"
 # Every file a run folder holds, the checkpoint first: an overwrite interrupted half-way
 # leaves a folder that cannot be resumed as if it were whole.
-RUN_FILES = (CHECKPOINT, HISTORY, BEST, SPEC_COPY, CURVES, EXPORTED)
+RUN_FILES = (CHECKPOINT, HISTORY, BEST, SPEC_COPY, CURVES, EXPORTED, METRICS, CONFUSION)
 COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 TRAIN_KEYS = ("epochs", "batch", "validation", "seed", "early_stop", "checkpoint_every")
 EVAL_BATCH = 2048
@@ -74,13 +78,19 @@ EVAL_BATCH = 2048
 
 @dataclass
 class History:
-    """Per-epoch rows (``COLUMNS``), the best epoch, whether training stopped early, test metrics."""
+    """Per-epoch rows (``COLUMNS``), the best epoch, whether training stopped early, test metrics.
+
+    ``test``: the headline numbers of ``report`` (the evaluation of the final weights on the
+    test split, a dnnspec.evaluation.Report); ``seconds``: wall time of the whole ``fit``.
+    """
 
     rows: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
     test: dict[str, float] | None = None
     run_dir: str | None = None
+    report: Any = None
+    seconds: float | None = None
 
     def __getitem__(self, key: str) -> list[float | None]:
         return [r.get(key) for r in self.rows]
@@ -124,7 +134,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         run_dir: str | Path | None = None, resume: bool = False, augment: Any = None,
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-        out: TextIO | None = None, overwrite: bool = False, **overrides: Any) -> History:
+        out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -132,9 +142,14 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     follows the spec, False turns it off, or pass a callable ``aug(batch, rng)``.
     ``progress``: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines", or
     False/None/"none" for silence; written to ``out`` (default stdout). ``on_epoch(epoch,
-    row)`` is called after each epoch's row is recorded (raising stops training).
+    row)`` is called after each epoch's row is recorded (raising stops training). ``tracker``
+    (dnnspec.tracking.Trackers, or any object with ``step(grads, names)``, ``epoch(row, best)``
+    and ``end(history)``) sees each step's gradients, each epoch's row and the end.
+    With ``x_test``/``y_test`` the final weights are evaluated on them (``history.report``;
+    ``metrics.json`` and ``confusion.png`` in ``run_dir``), then the final line is written.
     A ``run_dir`` that holds a run needs ``resume=True`` or ``overwrite=True`` (:func:`check_run_dir`).
     """
+    t0 = time.perf_counter()
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
     run = Path(run_dir) if run_dir is not None else None
     check_run_dir(run, resume=resume, overwrite=overwrite)
@@ -151,19 +166,36 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     if ckpt is None and net.model.normalize.mode == "auto":
         net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
     loop = _Loop(net, x, y, train_idx, val, cfg, lr, _augmenter(net, x, augment), run,
-                 _Progress.make(progress, out), on_epoch)
+                 make_progress(progress, out), on_epoch, tracker)
     if ckpt is not None:
         loop.restore(ckpt)
     else:
         loop.start_fresh(overwrite)
     loop.split_state = split_state
-    history = loop.run()
-    if x_test is not None and y_test is not None:
-        history.test = evaluate(net, x_test, y_test)
-        loop.progress.line(test_line(history.test))
-    if run is not None:
-        _write_curves(run, history.rows)
+    try:
+        history = loop.run()
+        if x_test is not None and y_test is not None:
+            history.report = _test_report(net, x_test, y_test, run)
+            history.test = history.report.summary()
+        if run is not None:
+            _write_curves(run, history.rows, history.best_epoch, history.test)
+        history.seconds = time.perf_counter() - t0
+        if tracker is not None:
+            tracker.end(history)
+    finally:
+        loop.progress.close(None)  # the bar goes even when training stops with an error
+    loop.progress.line(final_line(history, loop.progress.width))
     return history
+
+
+def _test_report(net: Any, x_test: np.ndarray, y_test: np.ndarray, run: Path | None) -> Any:
+    """The evaluation of the final weights on the test split; metrics.json and confusion.png in ``run``."""
+    from ..evaluation import evaluate_net
+
+    report = evaluate_net(net, x_test, y_test, "test split")
+    if run is not None:
+        report.write(run)
+    return report
 
 
 def _recipe(net: Any, epochs, batch, validation, seed, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -313,9 +345,10 @@ def evaluate(net: Any, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = No
 class _Loop:
     """One training run's state: optimizer, schedule, buffers, history; ``run()`` does the epochs."""
 
-    def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch):
+    def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch, tracker=None):
         self.net, self.x, self.y, self.idx, self.val = net, x, y, train_idx, val
         self.cfg, self.augment, self.run_dir, self.progress, self.on_epoch = cfg, augment, run, progress, on_epoch
+        self.tracker = tracker
         self.epochs = int(cfg["epochs"])
         self.batch = min(int(cfg["batch"]), len(train_idx))
         self.steps = math.ceil(len(train_idx) / self.batch)
@@ -384,13 +417,17 @@ class _Loop:
             self.progress.line(f"nothing to do: {st.epoch} of {self.epochs} epochs already trained"
                                + (" (stopped early)" if st.stopped_early else ""))
         wrote = True
+        self.progress.start(self.epochs, self.steps, st.epoch)
         while st.epoch < self.epochs and not st.stopped_early:
             with self.net.threads():  # whole epochs, optimizer steps included: BLAS stays put
                 row = self._epoch(st.epoch)
             st.rows.append(row)
             self._early_stop(row)
             st.epoch += 1
-            self.progress.epoch_end(st.epoch, self.epochs, row)
+            best = st.best_epoch == st.epoch
+            self.progress.epoch_end(row, best)
+            if self.tracker is not None:
+                self.tracker.epoch(row, best)
             every = int(self.cfg["checkpoint_every"])
             wrote = every > 0 and st.epoch % every == 0
             if wrote:
@@ -424,14 +461,15 @@ class _Loop:
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(e, i, loss, grads)
                 lr = self.schedule(e + i / steps)
+                if self.tracker is not None:  # before the step: optimizers may reuse the gradient buffers
+                    self.tracker.step(grads, net.trainable)
                 self.opt.step(net.params, grads, lr, grad_norm=norm)
                 k = len(rows)
                 loss_sum += loss * k
                 seen += k
                 if self.classify:  # running accuracy from this batch's logits: no second forward
                     correct += int(np.count_nonzero(net.classify(net.last_logits) == yb.reshape(k)))
-                self.progress.step(e, self.epochs, i + 1, steps, loss_sum / seen,
-                                   correct / seen if self.classify else None, time.perf_counter() - t0)
+                self.progress.step(e, i + 1, loss_sum / seen, correct / seen if self.classify else None)
         finally:
             errstate.__exit__(None, None, None)
         self._check_weights(e, steps)
@@ -507,84 +545,22 @@ class _Loop:
         write_history(self.run_dir, st.rows)  # killed before this: restore() and plots.read_history repair it
 
 
-# --- progress ------------------------------------------------------------------------------
+# --- output ---------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """Progress output: a redrawn bar per epoch on a terminal, plain summary lines otherwise."""
-
-    def __init__(self, mode: str, out: TextIO) -> None:
-        self.mode, self.out = mode, out
-        self._last = 0.0
-
-    @classmethod
-    def make(cls, progress: str | bool | None, out: TextIO | None) -> _Progress:
-        out = out or sys.stdout
-        if progress in (False, None, "none"):
-            return cls("none", out)
-        if progress in (True, "auto"):
-            progress = "bar" if getattr(out, "isatty", lambda: False)() else "lines"
-        if progress not in ("bar", "lines"):
-            raise UsageError(f"progress must be 'auto', 'bar', 'lines' or 'none', found {progress!r}")
-        return cls(progress, out)
-
-    def step(self, e: int, epochs: int, i: int, steps: int, loss: float, acc: float | None, elapsed: float) -> None:
-        if self.mode != "bar":
-            return
-        now = time.perf_counter()
-        if i < steps and now - self._last < 0.1:
-            return
-        self._last = now
-        rate = i / max(elapsed, 1e-9)
-        width = 24
-        done = int(width * i / steps)
-        acc_s = f" acc {acc:.3f}" if acc is not None else ""
-        self.out.write(f"\repoch {e + 1}/{epochs} [{'#' * done}{'.' * (width - done)}] {i}/{steps} "
-                       f"{rate:.0f} batch/s loss {loss:.4f}{acc_s} ETA {(steps - i) / max(rate, 1e-9):.0f}s ")
-        self.out.flush()
-
-    def epoch_end(self, epoch: int, epochs: int, row: dict[str, Any]) -> None:
-        if self.mode == "none":
-            return
-        if self.mode == "bar":
-            self.out.write("\r\x1b[K")
-        self.line(_epoch_line(epoch, epochs, row))
-
-    def line(self, text: str) -> None:
-        if self.mode != "none":
-            self.out.write(text + "\n")
-            self.out.flush()
-
-
-def _epoch_line(epoch: int, epochs: int, row: dict[str, Any]) -> str:
-    parts = [f"epoch {epoch}/{epochs}", f"loss {row['loss']:.4f}"]
-    if row.get("accuracy") is not None:
-        parts.append(f"acc {row['accuracy']:.4f}")
-    if row.get("val_loss") is not None:
-        parts.append(f"val_loss {row['val_loss']:.4f}")
-    if row.get("val_accuracy") is not None:
-        parts.append(f"val_acc {row['val_accuracy']:.4f}")
-    parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.1f}s"]
-    return "  ".join(parts)
-
-
-def test_line(test: dict[str, float]) -> str:
-    if "accuracy" in test:
-        return f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}"
-    return f"test loss {test['loss']:.4f}"
-
-
-def _write_curves(run: Path, rows: list[dict[str, Any]]) -> None:
-    """curves.png through dnnspec.plots when it and matplotlib are installed; skipped otherwise."""
+def _write_curves(run: Path, rows: list[dict[str, Any]], best_epoch: int | None = None,
+                  test: dict[str, float] | None = None) -> None:
+    """curves.png (best epoch and test result marked) through dnnspec.plots when matplotlib is installed."""
     try:
         from ..plots import write_curves
     except ImportError:
         return
     try:
-        write_curves(run, rows)
+        write_curves(run, rows, best_epoch, test)
     except ImportError:
         return
 
 
-__all__ = ["BEST", "CHECKPOINT", "COLUMNS", "HISTORY", "RUN_FILES", "History", "check_run_dir", "clear_run",
+__all__ = ["BEST", "CHECKPOINT", "COLUMNS", "CONFUSION", "HISTORY", "METRICS", "RUN_FILES", "History",
+           "check_run_dir", "clear_run",
            "describe_run", "evaluate", "fit", "write_history"]
