@@ -3,7 +3,9 @@
 ``parse(text, path)`` and ``load(path)`` return an :class:`ir.Model` or raise
 :class:`SpecError` carrying every diagnostic of the file (or :class:`UsageError` for a
 file that cannot be read). Options are bound one by one (``Schema.bind_one``) so that a
-file with five mistakes gets five messages, each with a span and a hint.
+file with five mistakes gets five messages, each with a span and a hint (at most
+``MAX_ERRORS``). A spec without errors is last checked against the machine's memory
+(:mod:`dnnspec.memory`), so that what ``check`` accepts ``train`` can allocate.
 """
 
 from __future__ import annotations
@@ -14,28 +16,31 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import ir
-from .errors import NO_SPAN, DiagnosticSink, ShapeError, Span, SpecError, UsageError
+from . import ir, memory
+from .errors import NO_SPAN, Diagnostic, DiagnosticSink, ShapeError, Span, SpecError, UsageError
 from .parser import Arg, Stmt, Value, normalize_text, parse_ast
 from .schema import (
     ACTIVATIONS,
     AUGMENT,
+    INIT_OPTION_USERS,
     LAYERS,
     LOSS,
+    MAX_WIDTH,
     OPTIMIZER,
     REQUIRED,
     SCHEDULE,
     STATEMENTS,
     Choice,
-    FloatList,
     Int,
     OptionError,
+    describe_value,
 )
 from .shapes import fmt_shape
 
 MAX_FILE_BYTES = 1_000_000
 MAX_REPEAT = 1000
 MAX_LAYERS = 10_000
+MAX_ERRORS = 50  # diagnostics reported per file; each renders its line, so a cap keeps that bounded
 DATA_SOURCES = ("fashion-mnist", "spirals", "moons", "blobs", "digits")
 TOP_LEVEL = ("network", "data", "input", "normalize", "classes", "targets", "augment", "layers",
              "loss", "optimizer", "schedule", "train")
@@ -43,16 +48,25 @@ BLOCKS = ("augment", "layers")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
-def parse(text: str, path: str = "<string>") -> ir.Model:
-    """Parse and check a spec; raise SpecError with every diagnostic found."""
+def parse(text: str, path: str = "<string>", *, check_memory: bool = True) -> ir.Model:
+    """Parse and check a spec; raise SpecError with every diagnostic found.
+
+    ``check_memory``: also refuse a spec whose training needs more memory than
+    :func:`dnnspec.memory.limit` (off to reload a model trained on a larger machine).
+    """
     text = normalize_text(text)
     stmts = parse_ast(text, path)
-    return _Builder(path, text).build(stmts)
+    model = _Builder(path, text).build(stmts)
+    if check_memory:
+        diag = memory.check(model)
+        if diag is not None:
+            raise SpecError(diag, text)
+    return model
 
 
-def load(path: str | Path) -> ir.Model:
+def load(path: str | Path, *, check_memory: bool = True) -> ir.Model:
     """Read a ``.dnn`` file and parse it; UsageError when the file cannot be read as text."""
-    return parse(read_spec(path), str(path))
+    return parse(read_spec(path), str(path), check_memory=check_memory)
 
 
 def read_spec(path: str | Path) -> str:
@@ -94,6 +108,38 @@ def did_you_mean(word: str, choices: Any, what: str) -> str:
     return f"known {what}: {', '.join(choices)}"
 
 
+def _short(raw: Any) -> str:
+    """A raw value for a message: a long list or string cut to 40 characters."""
+    text = repr(raw) if isinstance(raw, str) else describe_value(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expanded_count(stmts: tuple[Stmt, ...] | list[Stmt]) -> int:
+    """How many layers ``stmts`` hold once repeat blocks are expanded: sum of 1 per layer and
+    count * inner per repeat, without expanding. A repeat whose count is invalid counts once
+    (its own error comes later). Recursion is as deep as the nesting (at most parser.MAX_NESTING)."""
+    total = 0
+    for s in stmts:
+        if s.head != "repeat" or s.body is None:
+            total += 1
+            continue
+        pos = s.positional
+        try:
+            n = Int(1, MAX_REPEAT).convert(pos[0].raw) if len(pos) == 1 else 1
+        except OptionError:
+            n = 1
+        total += n * _expanded_count(s.body)
+    return total
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith("s") else "s")
+
+
+def _count_text(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
 def _name_span(arg: Arg) -> Span:
     s = arg.span
     return Span(s.file, s.line, s.col, s.line, s.col + len(arg.name or ""))
@@ -122,6 +168,15 @@ class _Builder:
     def error(self, message: str, span: Span = NO_SPAN, hint: str | None = None) -> None:
         self.sink.error(message, span, hint)
 
+    def fail(self) -> SpecError:
+        """The SpecError of the diagnostics so far, cut to MAX_ERRORS (and a line saying how many more)."""
+        items = self.sink.items
+        if len(items) > MAX_ERRORS:
+            more = Diagnostic(f"{len(items) - MAX_ERRORS} more errors not shown", self.file_span(),
+                              "fix the ones above first")
+            items = [*items[:MAX_ERRORS], more]
+        return SpecError(items, self.source)
+
     def file_span(self) -> Span:
         return Span(self.path, 0, 0, 0, 0)
 
@@ -143,7 +198,7 @@ class _Builder:
         if layers and task and loss and self.layers_reliable:
             self._check_output(layers, task, loss, found)
         if self.sink or inp is None or task is None or layers is None or loss is None:
-            raise SpecError(self.sink.items, self.source)
+            raise self.fail()
         lines = self.source.split("\n")
         return ir.Model(
             name=name, input=inp, layers=layers, task=task, loss=loss, optimizer=optimizer,
@@ -324,9 +379,9 @@ class _Builder:
         dims = []
         for d in shape_v.raw:
             try:
-                dims.append(Int(1, 10**9).convert(d))
+                dims.append(Int(1, MAX_WIDTH).convert(d))
             except OptionError as e:
-                self.error(f"input shape: {e}", shape_v.span, "each size is a whole number >= 1")
+                self.error(f"input shape: {e}", shape_v.span, f"each size is a whole number in [1, {MAX_WIDTH:,}]")
                 return None
         want_image = kind is not None and kind.raw == "image"
         if want_image and len(dims) != 3:
@@ -357,13 +412,15 @@ class _Builder:
             self.error("normalize needs both mean=... and std=... (or 'auto' / 'none')", s.head_span,
                        "write: normalize mean=0.5 std=0.25")
             return ir.Normalize()
-        mean = self._float_list(named["mean"], FloatList(), inp)
-        std = self._float_list(named["std"], FloatList(positive=True), inp)
+        mean = self._float_list(named["mean"], inp)
+        std = self._float_list(named["std"], inp)
         if mean is None or std is None:
             return ir.Normalize()
         return ir.Normalize("values", mean, std, s.span)
 
-    def _float_list(self, a: Arg, typ: FloatList, inp: ir.Input | None) -> tuple[float, ...] | None:
+    def _float_list(self, a: Arg, inp: ir.Input | None) -> tuple[float, ...] | None:
+        """normalize mean= or std=: its schema's range (float32 stays finite and normal), one per channel."""
+        typ = STATEMENTS["normalize"].by_name[a.name].type
         try:
             vals = typ.convert(a.value.raw)
         except OptionError as e:
@@ -391,7 +448,7 @@ class _Builder:
             return None
         if t is not None:
             v = self._single(t, "a number of outputs", "targets 1")
-            n = self._int(v, Int(1, 10**6), "targets") if v else None
+            n = self._int(v, Int(1, MAX_WIDTH), "targets") if v else None
             return ir.Task("regression", targets=n, span=t.span) if n else None
         return self._classes(c)
 
@@ -410,20 +467,23 @@ class _Builder:
             self.error("'classes' needs a count or class names", s.head_span, 'write: classes 10  or  classes "a", "b"')
             return None
         if len(pos) == 1 and pos[0].kind == "number":
-            n = self._int(pos[0], Int(2, 10**6), "classes")
+            n = self._int(pos[0], Int(2, MAX_WIDTH), "classes")
             return ir.Task("classification", classes=n, span=s.span) if n else None
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered, with O(1) membership: 100,000 names check in linear time
         for v in pos:
             if not isinstance(v.raw, str) or isinstance(v.raw, bool):
-                self.error(f"class names must be strings, found {v.raw!r}", v.span,
+                self.error(f"class names must be strings, found {_short(v.raw)}", v.span,
                            'write names in quotes: classes "cat", "dog"  (or one count: classes 10)')
                 return None
             if v.raw in names:
-                self.error(f"duplicate class name {v.raw!r}", v.span, "each class needs its own name")
+                self.error(f"duplicate class name {_short(v.raw)}", v.span, "each class needs its own name")
                 return None
-            names.append(v.raw)
+            names[v.raw] = None
         if len(names) < 2:
             self.error("a classifier needs at least 2 classes", pos[0].span, "add the other class names")
+            return None
+        if len(names) > MAX_WIDTH:
+            self.error(f"{len(names):,} class names; at most {MAX_WIDTH:,}", s.head_span, "use fewer classes")
             return None
         return ir.Task("classification", classes=len(names), class_names=tuple(names), span=s.span)
 
@@ -448,9 +508,30 @@ class _Builder:
             if op.body is not None:
                 self.error(f"augment op '{op.head}' takes no block", op.head_span, "remove the { ... }")
             values, explicit, ok = self.bind(AUGMENT[op.head], op.head, op.positional, op.named, op.head_span)
+            if ok and inp is not None and inp.kind == "image":
+                ok = self._augment_fits(op, values, inp)
             if ok:
                 steps.append(ir.Step(op.head, ir.FrozenDict(values), op.span, frozenset(explicit)))
         return tuple(steps)
+
+    def _augment_fits(self, op: Stmt, values: dict[str, Any], inp: ir.Input) -> bool:
+        """crop padding and translate pixels at most the image's longer side: more only moves it
+        out of view, and crop's padded copy of every batch grows with the square of it."""
+        side = max(inp.shape[1:])
+        if op.head == "crop":
+            opt, amount = "padding", values["padding"]
+        elif op.head == "translate" and values["amount"][1] == "px":
+            opt, amount = "amount", values["amount"][0]
+        else:
+            return True
+        if amount <= side:
+            return True
+        spans = {o: v.span for o, v in zip(AUGMENT[op.head].positional, op.positional)}
+        spans.update({a.name: a.value.span for a in op.named})
+        self.error(f"{op.head} {opt} of {amount:g} pixels is larger than the image "
+                   f"({inp.shape[1]}x{inp.shape[2]})", spans.get(opt, op.head_span),
+                   f"use at most {side} pixels (a few pixels is usual: {AUGMENT[op.head].example})")
+        return False
 
     def _loss(self, s: Stmt | None, task: ir.Task | None) -> ir.Step | None:
         if s is None:
@@ -480,11 +561,15 @@ class _Builder:
             return ir.Step(default, ir.FrozenDict(values))
         pos = s.positional
         if not pos:
-            self.error(f"'{what}' needs a kind", s.head_span, f"known {what}s: {', '.join(table)}")
+            self.error(f"'{what}' needs a kind", s.head_span, f"known {_plural(what)}: {', '.join(table)}")
             return None
         kind = pos[0]
+        if not isinstance(kind.raw, str):  # a number, list, range, true/false: nothing to look up
+            self.error(f"'{what}' needs a kind name first, found {_short(kind.raw)}", kind.span,
+                       f"known {_plural(what)}: {', '.join(table)}")
+            return None
         if kind.raw not in table:
-            self.error(f"unknown {what} '{kind.raw}'", kind.span, did_you_mean(kind.raw, table, f"{what}s"))
+            self.error(f"unknown {what} '{kind.raw}'", kind.span, did_you_mean(kind.raw, table, _plural(what)))
             return None
         values, explicit, ok = self.bind(table[kind.raw], kind.raw, pos[1:], s.named, s.head_span)
         return ir.Step(kind.raw, ir.FrozenDict(values), s.span, frozenset(explicit)) if ok else None
@@ -505,14 +590,15 @@ class _Builder:
                            "add a block: layers { ... } with one layer per line")
             return None
         self._no_args(s, "'layers'")
+        count = _expanded_count(s.body or ())
+        if count > MAX_LAYERS:  # before expanding: nested repeats multiply (1000^3 would never finish)
+            self.error(f"{_count_text(count)} layers after expanding repeat blocks; at most {MAX_LAYERS:,}",
+                       s.head_span, "use fewer or smaller repeat blocks")
+            return None
         items = self._items(s.body or ())
         if not items:
             if not self.sink:
                 self.error("the layers block is empty", s.head_span, "add at least one layer, like: dense 10")
-            return None
-        if len(items) > MAX_LAYERS:
-            self.error(f"{len(items)} layers after expanding repeat blocks; at most {MAX_LAYERS}", s.head_span,
-                       "use fewer or smaller repeat blocks")
             return None
         self._check_names(items)
         self._check_softmax(items)
@@ -563,11 +649,23 @@ class _Builder:
         values, explicit, ok = self.bind(LAYERS[s.head], s.head, s.positional, s.named, s.head_span)
         spans = {o: v.span for o, v in zip(LAYERS[s.head].positional, s.positional)}
         spans.update({a.name: a.value.span for a in s.named})
+        if s.head in ir.WEIGHTED:
+            self._init_options_used(values, explicit, spans)
         if values.get("name") is not None and not NAME_RE.fullmatch(values["name"]):
             self.error(f"layer name {values['name']!r} is not a plain name", spans.get("name", s.span),
                        "use letters, digits, '_' and '-' (parameters are named <layer>.kernel)")
             values["name"] = None
         return _Item(ir.LayerDecl(s.head, values, explicit, s.span, spans), ok, s)
+
+    def _init_options_used(self, values: dict[str, Any], explicit: set[str], spans: dict[str, Span]) -> None:
+        """std, limit and fan given only where the init reads them (else they would do nothing,
+        and ``check --render`` could not show them without showing a no-op)."""
+        init = values["init"]
+        for opt, (used_by, users) in INIT_OPTION_USERS.items():
+            if opt in explicit and init not in used_by:
+                shown = "auto (he_normal or xavier_normal)" if init == "auto" else init
+                self.error(f"{opt}= does nothing with init={shown}", spans.get(opt, NO_SPAN),
+                           f"{opt} applies to {users} only: remove it, or choose such an init")
 
     def _repeat(self, s: Stmt) -> list[_Item]:
         pos = s.positional

@@ -5,27 +5,43 @@ shape of a statement::
 
     head  positional...  name=value...  { block }
 
-This module turns Lark's tree into small frozen dataclasses (:class:`Stmt`, :class:`Arg`,
-:class:`Value`) carrying raw Python values (see :mod:`dnnspec.schema`) and spans. It
-reports every syntax error it can find: after an error it blanks the offending line
-(keeping the braces balanced) and parses again, so one run lists several mistakes.
+Lark's LALR parser calls this module's inline callbacks, which build small frozen
+dataclasses (:class:`Stmt`, :class:`Arg`, :class:`Value`) carrying raw Python values (see
+:mod:`dnnspec.schema`) and spans; no parse tree is built, and nothing recurses. Nesting
+deeper than ``MAX_NESTING`` is refused by a linear scan first. The parser reports every
+syntax error it can find: after an error it blanks the offending line (keeping the braces
+balanced) and parses again, so one run lists several mistakes (up to
+``MAX_SYNTAX_ERRORS``, within ``RETRY_BUDGET_CHARS`` of parsing). A 1 MB spec parses in
+about a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+import math
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, v_args
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput
 
 from .errors import Diagnostic, Span, SpecError
-from .schema import Quantity, Range
+from .schema import Quantity, Range, to_float
 
 MAX_SYNTAX_ERRORS = 20
+# After the first syntax error the parser blanks the line and parses again, to list more
+# errors; the retries stop once this many characters were parsed in all (a 1 MB file
+# with errors near its end gets two or three passes, not twenty).
+RETRY_BUDGET_CHARS = 2_000_000
+# Blocks and lists nest at most this deep ({ and [ counted together). The front end
+# walks blocks recursively, and no real spec nests more than a few levels.
+MAX_NESTING = 32
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,14 @@ class Stmt:
         return [a for a in self.args if a.name is not None]
 
 
+@dataclass(frozen=True)
+class _Block:
+    """A parsed ``{ ... }``: its statements and the span of its closing brace."""
+
+    stmts: tuple[Stmt, ...]
+    end: Span
+
+
 def grammar_text() -> str:
     """The grammar, from the installed ``dnnspec.grammar`` package or the repo checkout."""
     try:
@@ -74,84 +98,115 @@ def grammar_text() -> str:
         return repo.read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def _lark() -> Lark:
-    return Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=False)
-
-
-def _span(file: str, meta_or_tok: Any) -> Span:
-    m = meta_or_tok
-    return Span(file, m.line, m.column, m.end_line, m.end_column)
-
-
 class _ToAst(Transformer):
-    """One-line methods: the grammar already shaped the tree."""
+    """The LALR parser's inline callbacks: each reduction builds its AST node directly.
 
-    def __init__(self, file: str):
-        super().__init__()
-        self.file = file
+    No parse tree is built, which makes parsing about 2.5x faster than building Lark's
+    tree and transforming it, and uses no recursion however deep blocks nest. Spans are
+    taken from the tokens (the grammar keeps brackets and braces), from a node's first
+    token to its last. ``file`` is set by :func:`_parse` under its lock.
+    """
 
-    def _v(self, raw: Any, meta: Any, kind: str) -> Value:
-        return Value(raw, _span(self.file, meta), kind)
+    file = "<string>"
 
-    @v_args(meta=True)
-    def number(self, meta, items):
-        return self._v(_number(items[0]), meta, "number")
+    def _tok(self, tok: Token) -> Span:
+        return Span(self.file, tok.line, tok.column, tok.end_line, tok.end_column)
 
-    @v_args(meta=True)
-    def fraction(self, meta, items):
+    def _join(self, first: Span, last: Span) -> Span:
+        return Span(self.file, first.line, first.col, last.end_line, last.end_col)
+
+    def number(self, items):
+        return Value(_number(items[0]), self._tok(items[0]), "number")
+
+    def fraction(self, items):
         num, den = _number(items[0]), _number(items[1])
-        return self._v(num / den if den != 0 else float("inf"), meta, "number")
+        return Value(_divide(num, den), self._join(self._tok(items[0]), self._tok(items[1])), "number")
 
-    @v_args(meta=True)
-    def range(self, meta, items):
-        return self._v(Range(float(_number(items[0])), float(_number(items[1]))), meta, "range")
+    def range(self, items):
+        lo, hi = (to_float(_number(t)) for t in items)
+        return Value(Range(lo, hi), self._join(self._tok(items[0]), self._tok(items[1])), "range")
 
-    @v_args(meta=True)
-    def quantity(self, meta, items):
+    def quantity(self, items):
         m = re.fullmatch(r"(.*?)(px|deg|%)", str(items[0]))
-        return self._v(Quantity(_number(m.group(1)), m.group(2)), meta, "quantity")
+        return Value(Quantity(_number(m.group(1)), m.group(2)), self._tok(items[0]), "quantity")
 
-    @v_args(meta=True)
-    def string(self, meta, items):
-        return self._v(_unquote(str(items[0])), meta, "string")
+    def string(self, items):
+        return Value(_unquote(str(items[0])), self._tok(items[0]), "string")
 
-    @v_args(meta=True)
-    def name(self, meta, items):
+    def name(self, items):
         text = str(items[0])
-        raw = {"true": True, "false": False}.get(text, text)
-        return self._v(raw, meta, "name")
+        return Value({"true": True, "false": False}.get(text, text), self._tok(items[0]), "name")
 
-    @v_args(meta=True)
-    def list(self, meta, items):
-        return self._v([v.raw for v in items], meta, "list")
+    def list(self, items):
+        span = self._join(self._tok(items[0]), self._tok(items[-1]))
+        return Value([v.raw for v in items[1:-1]], span, "list")
 
-    @v_args(meta=True)
-    def option(self, meta, items):
-        return Arg(str(items[0]), items[1], _span(self.file, meta))
+    def option(self, items):
+        name, value = items
+        return Arg(str(name), value, self._join(self._tok(name), value.span))
 
     def block(self, items):
-        return tuple(items)
+        return _Block(tuple(items[1:-1]), self._tok(items[-1]))
 
-    @v_args(meta=True)
-    def stmt(self, meta, items):
+    def stmt(self, items):
         head: Token = items[0]
-        body = items[-1] if items and isinstance(items[-1], tuple) else None
+        block = items[-1] if isinstance(items[-1], _Block) else None
         args = tuple(a if isinstance(a, Arg) else Arg(None, a, a.span)
                      for a in items[1:] if isinstance(a, (Arg, Value)))
-        return Stmt(str(head), _span(self.file, head), args, body, _span(self.file, meta))
+        head_span = self._tok(head)
+        last = block.end if block else args[-1].span if args else head_span
+        return Stmt(str(head), head_span, args, block.stmts if block else None, self._join(head_span, last))
 
     def start(self, items):
         return tuple(items)
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> tuple[Lark, _ToAst]:
+    ast = _ToAst()
+    return Lark(grammar_text(), parser="lalr", lexer="contextual", transformer=ast, maybe_placeholders=False), ast
+
+
+_PARSE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: the parse makes a few objects per token, none
+    in a cycle, and the collector's passes over them cost a third of a large file's parse."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse(text: str, path: str) -> tuple[Stmt, ...]:
+    """One Lark parse into statements (UnexpectedInput on a syntax error)."""
+    lark, ast = _parser()
+    with _PARSE_LOCK, _gc_paused():
+        ast.file = path  # the one shared transformer builds this file's spans
+        return lark.parse(text)
 
 
 def _number(text: str | Token) -> int | float:
     s = str(text)
     try:
         return int(s)
-    except ValueError:
+    except ValueError:  # a decimal or exponent, or an int over Python's 4300-digit limit (inf)
         return float(s)
+
+
+def _divide(num: int | float, den: int | float) -> float:
+    """``num / den`` as the fraction ``1/255`` means it; inf (rejected by every range) for x/0 or overflow."""
+    if den == 0:
+        return math.inf
+    try:
+        return num / den
+    except OverflowError:  # int / int too large for a float
+        return math.inf if (num > 0) == (den > 0) else -math.inf
 
 
 def _unquote(s: str) -> str:
@@ -168,16 +223,19 @@ def normalize_text(text: str) -> str:
 
 def parse_ast(text: str, path: str = "<string>") -> tuple[Stmt, ...]:
     """Parse normalised text into statements, or raise SpecError with every syntax error found."""
+    check_nesting(text, path)
     diags: list[Diagnostic] = []
-    work = text
+    work, parsed = text, 0
     for _ in range(MAX_SYNTAX_ERRORS):
         try:
-            tree = _lark().parse(work + "\n")
+            stmts = _parse(work + "\n", path)
         except UnexpectedInput as e:
             diag, line = _syntax_diagnostic(e, work, text, path)
             if not any(d.span.line == diag.span.line for d in diags):
                 diags.append(diag)
-            if line is None:
+            pos = getattr(e, "pos_in_stream", None)
+            parsed += pos if pos is not None and pos >= 0 else len(work)
+            if line is None or parsed > RETRY_BUDGET_CHARS:
                 break
             blanked = _blank_line(work, line)
             if blanked == work:
@@ -186,8 +244,34 @@ def parse_ast(text: str, path: str = "<string>") -> tuple[Stmt, ...]:
             continue
         if diags:
             break
-        return _ToAst(path).transform(tree)
+        return stmts
     raise SpecError(diags, text)
+
+
+# Strings and comments (whose brackets do not count), or one bracket or brace.
+_NESTING_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[\[\]{}]')
+
+
+def check_nesting(text: str, path: str) -> None:
+    """SpecError at the first '{' or '[' that opens more than MAX_NESTING levels.
+
+    A linear scan before parsing: deeper nesting has no use, and would only make the
+    front end's recursive walk over blocks (and messages quoting nested lists) costly.
+    """
+    depth = 0
+    for m in _NESTING_TOKENS.finditer(text):
+        ch = m.group()
+        if ch in "{[":
+            depth += 1
+            if depth > MAX_NESTING:
+                line, col = _line_col(text, m.start())
+                hint = ("a list holds numbers, names or strings, not lists" if ch == "[" else
+                        "flatten the nesting: repeat blocks multiply, so one 'repeat N' with the "
+                        "product of the counts does the same")
+                raise SpecError(Diagnostic(f"syntax error: more than {MAX_NESTING} nested blocks and lists",
+                                           Span(path, line, col, line, col + 1), hint), text)
+        elif ch in "}]":
+            depth = max(0, depth - 1)
 
 
 def _blank_line(text: str, line: int) -> str:
@@ -270,18 +354,21 @@ def _token_hint(tok: Token, expected: set[str], in_list: bool) -> str:
 
 def _eof_diagnostic(text: str, path: str) -> Diagnostic:
     """Unexpected end of file: point at the '{' that is never closed, if there is one."""
-    opened: list[tuple[int, int]] = []
-    for ln, line in enumerate(text.split("\n"), 1):
-        code = re.sub(r'"([^"\\\n]|\\.)*"', '""', line).split("#")[0]
-        for col, ch in enumerate(code, 1):
-            if ch == "{":
-                opened.append((ln, col))
-            elif ch == "}" and opened:
-                opened.pop()
+    opened: list[int] = []
+    for m in _NESTING_TOKENS.finditer(text):
+        if m.group() == "{":
+            opened.append(m.start())
+        elif m.group() == "}" and opened:
+            opened.pop()
     if opened:
-        ln, col = opened[-1]
+        ln, col = _line_col(text, opened[-1])
         return Diagnostic("syntax error: this '{' is never closed", Span(path, ln, col, ln, col + 1),
                           "add '}' on its own line after the block's last statement")
     lines = text.split("\n")
     return Diagnostic("syntax error: unexpected end of file", Span(path, len(lines), 1, len(lines), 1),
                       "the last statement is incomplete")
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    """1-based line and column of offset ``pos``."""
+    return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1

@@ -40,16 +40,35 @@ class OptionError(ValueError):
 
 REQUIRED = object()
 
+# Size limits, so that what `check` accepts `train` can run: each number stays small enough
+# for its products to be modest ints and for float32 to hold it finite and normal; the
+# memory estimate (dnnspec.memory) then bounds the network as a whole.
+MAX_WIDTH = 1_000_000  # dense units, conv filters, classes, targets, each input size
+MAX_WINDOW = 4096  # conv/pool kernel, stride and padding; crop and translate pixels
+MAX_COUNT = 1_000_000  # epochs, batch and the recipe's other counts
+
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _describe(v: Any) -> str:
+def to_float(v: int | float) -> float:
+    """``float(v)``, but +-inf for an int too large for a float (instead of OverflowError)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def describe_value(v: Any) -> str:
+    """A raw value as a message shows it: the .dnn spelling, and no screenful of digits."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**30:
+        return f"a {len(str(abs(v)))}-digit number"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Quantity):
-        return f"{v.value:g}{v.unit}"
+        number = describe_value(v.value) if isinstance(v.value, int) else f"{v.value:g}"
+        return f"{number}{v.unit}" if not number.startswith("a ") else f"{number} of {v.unit}"
     if isinstance(v, Range):
         return f"{v.lo:g}..{v.hi:g}"
     if isinstance(v, str):
@@ -64,17 +83,17 @@ class Int:
 
     def convert(self, v: Any) -> int:
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
-            raise OptionError(f"expected a whole number, found {_describe(v)}")
+            raise OptionError(f"expected a whole number, found {describe_value(v)}")
         v = int(v)
         if self.lo is not None and v < self.lo:
-            raise OptionError(f"must be at least {self.lo}, found {v}")
+            raise OptionError(f"must be at least {self.lo}, found {describe_value(v)}")
         if self.hi is not None and v > self.hi:
-            raise OptionError(f"must be at most {self.hi}, found {v}")
+            raise OptionError(f"must be at most {self.hi:,}, found {describe_value(v)}")
         return v
 
     def describe(self) -> str:
         if self.lo is not None and self.hi is not None:
-            return f"integer in [{self.lo}, {self.hi}]"
+            return f"integer in [{self.lo}, {self.hi:,}]"
         if self.lo is not None:
             return f"integer >= {self.lo}"
         return "integer"
@@ -89,10 +108,11 @@ class Float:
 
     def convert(self, v: Any) -> float:
         if not _num(v):
-            raise OptionError(f"expected a number, found {_describe(v)}")
-        v = float(v)
-        if not math.isfinite(v):
-            raise OptionError(f"expected a finite number, found {v}")
+            raise OptionError(f"expected a number, found {describe_value(v)}")
+        f = to_float(v)
+        if not math.isfinite(f):
+            raise OptionError(f"expected a finite number, found {describe_value(v)}")
+        v = f
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             raise OptionError(f"must be in {self.describe_range()}, found {v:g}")
         if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
@@ -114,7 +134,7 @@ class Float:
 class Bool:
     def convert(self, v: Any) -> bool:
         if not isinstance(v, bool):
-            raise OptionError(f"expected true or false, found {_describe(v)}")
+            raise OptionError(f"expected true or false, found {describe_value(v)}")
         return v
 
     def describe(self) -> str:
@@ -127,7 +147,7 @@ class Choice:
 
     def convert(self, v: Any) -> str:
         if not isinstance(v, str) or v not in self.values:
-            raise OptionError(f"expected one of {', '.join(self.values)}; found {_describe(v)}")
+            raise OptionError(f"expected one of {', '.join(self.values)}; found {describe_value(v)}")
         return v
 
     def describe(self) -> str:
@@ -138,7 +158,7 @@ class Choice:
 class Text:
     def convert(self, v: Any) -> str:
         if not isinstance(v, str):
-            raise OptionError(f"expected a name or a quoted string, found {_describe(v)}")
+            raise OptionError(f"expected a name or a quoted string, found {describe_value(v)}")
         return v
 
     def describe(self) -> str:
@@ -147,19 +167,20 @@ class Text:
 
 @dataclass(frozen=True)
 class Pair:
-    """One positive int for both sides, or ``[h, w]``; stored as ``(h, w)``."""
+    """One int in [lo, hi] for both sides, or ``[h, w]``; stored as ``(h, w)``."""
 
     lo: int = 1
+    hi: int | None = None
 
     def convert(self, v: Any) -> tuple[int, int]:
         items = v if isinstance(v, list) else [v, v]
         if len(items) != 2:
             raise OptionError(f"expected a number or [height, width], found {len(items)} values")
-        inner = Int(self.lo)
+        inner = Int(self.lo, self.hi)
         return (inner.convert(items[0]), inner.convert(items[1]))
 
     def describe(self) -> str:
-        return f"integer >= {self.lo} or [h, w]"
+        return f"{Int(self.lo, self.hi).describe()}, or [h, w]"
 
 
 @dataclass(frozen=True)
@@ -170,11 +191,11 @@ class Padding:
         if v in ("same", "valid"):
             return v
         if isinstance(v, str):
-            raise OptionError(f"expected same, valid or a number of pixels; found {_describe(v)}")
-        return Pair(0).convert(v)
+            raise OptionError(f"expected same, valid or a number of pixels; found {describe_value(v)}")
+        return Pair(0, MAX_WINDOW).convert(v)
 
     def describe(self) -> str:
-        return "same | valid | pixels | [h, w]"
+        return f"same | valid | pixels in [0, {MAX_WINDOW:,}] | [h, w]"
 
 
 @dataclass(frozen=True)
@@ -186,14 +207,14 @@ class FloatRange:
 
     def convert(self, v: Any) -> tuple[float, float]:
         if _num(v):
-            v = Range(float(v), float(v))
+            v = Range(to_float(v), to_float(v))
         if not isinstance(v, Range):
-            raise OptionError(f"expected a range lo..hi, found {_describe(v)}")
+            raise OptionError(f"expected a range lo..hi, found {describe_value(v)}")
         if v.lo > v.hi:
-            raise OptionError(f"range {_describe(v)} is empty: write the smaller bound first")
+            raise OptionError(f"range {describe_value(v)} is empty: write the smaller bound first")
         for x in (v.lo, v.hi):
             if (self.lo is not None and x < self.lo) or (self.hi is not None and x > self.hi):
-                raise OptionError(f"bounds must lie in [{self.lo:g}, {self.hi:g}], found {_describe(v)}")
+                raise OptionError(f"bounds must lie in [{self.lo:g}, {self.hi:g}], found {describe_value(v)}")
         return (float(v.lo), float(v.hi))
 
     def describe(self) -> str:
@@ -202,22 +223,25 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class Length:
-    """A shift: ``2px`` (pixels), ``0.1`` or ``10%`` (fraction of the side). Stored ``(amount, unit)``.
+    """A shift: ``2px`` (pixels, at most ``max_px``), ``0.1`` or ``10%`` (fraction of the side).
 
-    ``unit`` is ``"px"`` or ``"frac"``.
+    Stored ``(amount, unit)``; ``unit`` is ``"px"`` or ``"frac"``.
     """
 
+    max_px: int = 4096
+
     def convert(self, v: Any) -> tuple[float, str]:
-        if isinstance(v, Quantity) and v.unit == "px" and v.value >= 0:
+        if isinstance(v, Quantity) and v.unit == "px" and 0 <= v.value <= self.max_px:
             return (float(v.value), "px")
         if isinstance(v, Quantity) and v.unit == "%" and 0 <= v.value < 100:
             return (float(v.value) / 100.0, "frac")
         if _num(v) and 0 <= v < 1:
             return (float(v), "frac")
-        raise OptionError(f"expected pixels (2px) or a fraction of the side (0.1 or 10%), found {_describe(v)}")
+        raise OptionError(f"expected pixels in [0, {self.max_px:,}] (2px) or a fraction of the side "
+                          f"(0.1 or 10%), found {describe_value(v)}")
 
     def describe(self) -> str:
-        return "pixels like 2px, or a fraction like 0.1 or 10%"
+        return f"pixels in [0, {self.max_px:,}] like 2px, or a fraction in [0, 1) like 0.1 or 10%"
 
 
 @dataclass(frozen=True)
@@ -228,7 +252,7 @@ class Angle:
         if isinstance(v, Quantity) and v.unit == "deg":
             v = v.value
         if not _num(v) or not 0 <= v <= 180:
-            raise OptionError(f"expected an angle in degrees between 0 and 180 (10deg), found {_describe(v)}")
+            raise OptionError(f"expected an angle in degrees between 0 and 180 (10deg), found {describe_value(v)}")
         return float(v)
 
     def describe(self) -> str:
@@ -237,20 +261,20 @@ class Angle:
 
 @dataclass(frozen=True)
 class FloatList:
-    """One number, or ``[a, b, ...]`` (per channel / per feature); stored as a tuple."""
+    """One number, or ``[a, b, ...]`` (per channel / per feature), each of type ``item``; stored as a tuple."""
 
-    positive: bool = False
+    item: Float = Float()
 
     def convert(self, v: Any) -> tuple[float, ...]:
         items = v if isinstance(v, list) else [v]
-        out = tuple(Float(0.0, None, lo_open=True).convert(x) if self.positive else Float().convert(x)
-                    for x in items)
+        out = tuple(self.item.convert(x) for x in items)
         if not out:
             raise OptionError("expected at least one number")
         return out
 
     def describe(self) -> str:
-        return "number or [numbers]" + (" > 0" if self.positive else "")
+        return "number or [numbers]" + (f" in {self.item.describe_range()}" if self.item.describe() != "number"
+                                        else "")
 
 
 @dataclass(frozen=True)
@@ -329,34 +353,42 @@ _INIT_OPTS = (
     Opt("fan", Choice(FANS), "auto",
         "fan mode of the variance-scaling inits: avg = (n_in+n_out)/2 as in the lecture; in; out. "
         "auto = avg for xavier/he, in for lecun"),
-    Opt("std", Float(0.0, None, lo_open=True), 0.01, "standard deviation of init=normal"),
-    Opt("limit", Float(0.0, None, lo_open=True), 0.05, "half-width of init=uniform"),
+    Opt("std", Float(0.0, 10.0, lo_open=True), 0.01, "standard deviation of init=normal (only)"),
+    Opt("limit", Float(0.0, 10.0, lo_open=True), 0.05, "half-width of init=uniform (only)"),
 )
 _NAME = Opt("name", Text(), None, "the layer's name; default <kind><n>, e.g. dense1")
+# The inits that read each init option, and how messages name them (auto resolves to he/xavier).
+# Writing one for another init is an error: it would do nothing.
+INIT_OPTION_USERS = {
+    "std": (("normal",), "init=normal"),
+    "limit": (("uniform",), "init=uniform"),
+    "fan": (("auto", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform"),
+            "the xavier, he and lecun inits"),
+}
 
 # --- layers -----------------------------------------------------------------------
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "sigmoid", "tanh", "softmax")
 
 LAYERS: dict[str, Schema] = {s.name: s for s in (
-    Schema("dense", (Opt("units", Int(1)), *_INIT_OPTS,
+    Schema("dense", (Opt("units", Int(1, MAX_WIDTH)), *_INIT_OPTS,
                      Opt("bias", Bool(), True, "add a learned bias"), _NAME),
            positional=("units",), doc="fully connected layer y = x W + b; W is (in, units)",
            example="dense 256 init=he_normal"),
-    Schema("conv2d", (Opt("filters", Int(1)),
-                      Opt("kernel", Pair(1), (3, 3), "kernel size k or [kh, kw]"),
-                      Opt("stride", Pair(1), (1, 1), "stride s or [sh, sw]"),
+    Schema("conv2d", (Opt("filters", Int(1, MAX_WIDTH)),
+                      Opt("kernel", Pair(1, MAX_WINDOW), (3, 3), "kernel size k or [kh, kw]"),
+                      Opt("stride", Pair(1, MAX_WINDOW), (1, 1), "stride s or [sh, sw]"),
                       Opt("padding", Padding(), "valid", "same, valid, or pixels per side"),
                       *_INIT_OPTS, Opt("bias", Bool(), True, "add a learned bias per filter"), _NAME),
            positional=("filters",), doc="2-D convolution, NCHW; kernel is (filters, in_channels, kh, kw)",
            example="conv2d 32 kernel=3 padding=same"),
-    Schema("maxpool", (Opt("kernel", Pair(1), (2, 2), "window size"),
-                       Opt("stride", Pair(1), None, "stride; default = kernel"),
-                       Opt("padding", Pair(0), (0, 0), "pixels of padding per side"), _NAME),
+    Schema("maxpool", (Opt("kernel", Pair(1, MAX_WINDOW), (2, 2), "window size"),
+                       Opt("stride", Pair(1, MAX_WINDOW), None, "stride; default = kernel"),
+                       Opt("padding", Pair(0, MAX_WINDOW), (0, 0), "pixels of padding per side"), _NAME),
            positional=("kernel",), doc="max pooling", example="maxpool 2"),
-    Schema("avgpool", (Opt("kernel", Pair(1), (2, 2), "window size"),
-                       Opt("stride", Pair(1), None, "stride; default = kernel"),
-                       Opt("padding", Pair(0), (0, 0), "pixels of zero padding per side (not counted)"),
+    Schema("avgpool", (Opt("kernel", Pair(1, MAX_WINDOW), (2, 2), "window size"),
+                       Opt("stride", Pair(1, MAX_WINDOW), None, "stride; default = kernel"),
+                       Opt("padding", Pair(0, MAX_WINDOW), (0, 0), "pixels of zero padding per side (not counted)"),
                        _NAME),
            positional=("kernel",), doc="average pooling", example="avgpool 2"),
     Schema("global_avgpool", (_NAME,), doc="mean over height and width: (C, H, W) -> (C,)",
@@ -364,7 +396,7 @@ LAYERS: dict[str, Schema] = {s.name: s for s in (
     Schema("flatten", (_NAME,), doc="(C, H, W) -> (C*H*W,)", example="flatten"),
     Schema("batchnorm", (Opt("momentum", Float(0.0, 1.0, hi_open=True), 0.99,
                              "running = momentum*running + (1-momentum)*batch"),
-                         Opt("eps", Float(0.0, None, lo_open=True), 1e-5, "added to the variance"),
+                         Opt("eps", Float(1e-10, 1.0), 1e-5, "added to the variance"),
                          _NAME),
            doc="batch normalisation per feature (dense) or per channel (conv)",
            example="batchnorm momentum=0.99"),
@@ -375,12 +407,12 @@ LAYERS: dict[str, Schema] = {s.name: s for s in (
            positional=("rate",), doc="drop units with probability rate while training",
            example="dropout 0.3"),
     Schema("relu", (_NAME,), doc="max(0, x)", example="relu"),
-    Schema("leaky_relu", (Opt("alpha", Float(0.0, None), 0.01, "slope for x < 0 (initial value if learned)"),
+    Schema("leaky_relu", (Opt("alpha", Float(0.0, 10.0), 0.01, "slope for x < 0 (initial value if learned)"),
                           Opt("learn", Bool(), False, "learn the slope (PReLU)"),
                           Opt("per", Choice(("layer", "channel")), "layer",
                               "one learned slope for the layer, or one per channel/feature"), _NAME),
            doc="x if x >= 0 else alpha*x", example="leaky_relu alpha=0.1 learn=true per=channel"),
-    Schema("elu", (Opt("alpha", Float(0.0, None, lo_open=True), 1.0, "scale of the negative part"),
+    Schema("elu", (Opt("alpha", Float(0.0, 10.0, lo_open=True), 1.0, "scale of the negative part"),
                    Opt("learn", Bool(), False, "learn alpha"),
                    Opt("per", Choice(("layer", "channel")), "layer",
                        "one learned alpha for the layer, or one per channel/feature"), _NAME),
@@ -401,8 +433,9 @@ AUGMENT: dict[str, Schema] = {s.name: s for s in (
     Schema("flip", (Opt("direction", Choice(("horizontal", "vertical")), "horizontal"),
                     Opt("p", Float(0.0, 1.0), 0.5, "probability of flipping an image")),
            positional=("direction",), doc="mirror images", example="flip horizontal p=0.5"),
-    Schema("translate", (Opt("amount", Length()),),
-           positional=("amount",), doc="shift by up to amount in x and y (uniform)",
+    Schema("translate", (Opt("amount", Length(MAX_WINDOW)),),
+           positional=("amount",), doc="shift by up to amount in x and y (uniform); pixels at most the image's "
+                                       "longer side",
            example="translate 2px"),
     Schema("rotate", (Opt("degrees", Angle()),),
            positional=("degrees",), doc="rotate by an angle uniform in [-degrees, degrees]",
@@ -416,11 +449,12 @@ AUGMENT: dict[str, Schema] = {s.name: s for s in (
            positional=("delta",),
            doc="add an offset uniform in [-delta, delta] times the input's value range",
            example="brightness 0.1"),
-    Schema("crop", (Opt("padding", Int(0), 4, "zero-pad each side, then crop back to the input size"),),
+    Schema("crop", (Opt("padding", Int(0, MAX_WINDOW), 4,
+                        "zero-pad each side, then crop back to the input size; at most the image's longer side"),),
            positional=("padding",), doc="random crop with padding", example="crop 4"),
     Schema("erase", (Opt("p", Float(0.0, 1.0), 0.5, "probability per image"),
                      Opt("area", FloatRange(0.0, 1.0), (0.02, 0.25), "fraction of the image erased"),
-                     Opt("value", Float(), 0.0, "fill value (raw input units)")),
+                     Opt("value", Float(-1e6, 1e6), 0.0, "fill value (raw input units)")),
            doc="random erasing (cutout) of one rectangle", example="erase p=0.5 area=0.02..0.25"),
 )}
 
@@ -469,7 +503,7 @@ OPTIMIZER: dict[str, Schema] = {s.name: s for s in (
 _WARMUP = Opt("warmup", Float(0.0, None), 0.0, "epochs of linear warm-up from 0 to lr (per step)")
 SCHEDULE: dict[str, Schema] = {s.name: s for s in (
     Schema("constant", (_WARMUP,), doc="lr stays fixed", example="schedule constant"),
-    Schema("step", (Opt("every", Int(1), 10, "epochs between drops"),
+    Schema("step", (Opt("every", Int(1, MAX_COUNT), 10, "epochs between drops"),
                     Opt("gamma", Float(0.0, 1.0, lo_open=True), 0.1, "factor per drop"), _WARMUP),
            doc="lr * gamma^floor(epoch/every)", example="schedule step every=10 gamma=0.1"),
     Schema("exponential", (Opt("gamma", Float(0.0, 1.0, lo_open=True), 0.95, "factor per epoch"), _WARMUP),
@@ -487,15 +521,24 @@ LOSS: dict[str, Schema] = {s.name: s for s in (
 )}
 
 STATEMENTS: dict[str, Schema] = {s.name: s for s in (
-    Schema("input", (Opt("scale", Float(0.0, None, lo_open=True), 1.0,
+    Schema("input", (Opt("scale", Float(1e-6, 1e6), 1.0,
                          "raw inputs are multiplied by this inside the model, e.g. 1/255"),),
-           doc="input shape: [features] or image[C, H, W]", example="input image[1, 28, 28] scale=1/255"),
-    Schema("train", (Opt("epochs", Int(1), 10, "passes over the training data"),
-                     Opt("batch", Int(1), 32, "mini-batch size"),
+           doc=f"input shape: [features] or image[C, H, W], each size in [1, {MAX_WIDTH:,}]",
+           example="input image[1, 28, 28] scale=1/255"),
+    Schema("normalize", (Opt("mode", Choice(("auto", "none")), None,
+                             "auto: mean and std of the training split; none: no normalisation"),
+                         Opt("mean", FloatList(Float(-1e6, 1e6)), None,
+                             "subtracted after scale: one value, or one per channel / feature"),
+                         Opt("std", FloatList(Float(1e-6, 1e6)), None,
+                             "divided by after the mean: one value, or one per channel / feature")),
+           positional=("mode",), doc="input normalisation (x*scale - mean) / std; mode, or mean= and std=",
+           example="normalize mean=[0.49, 0.48, 0.45] std=[0.25, 0.24, 0.26]"),
+    Schema("train", (Opt("epochs", Int(1, MAX_COUNT), 10, "passes over the training data"),
+                     Opt("batch", Int(1, MAX_COUNT), 32, "mini-batch size"),
                      Opt("validation", Float(0.0, 1.0, hi_open=True), 0.1,
                          "fraction of the training data held out for validation"),
                      Opt("seed", Int(0, 2**32 - 1), 0, "seed of the one random generator"),
-                     Opt("early_stop", Int(0), 0, "patience in epochs on validation loss; 0 = off"),
-                     Opt("checkpoint_every", Int(0), 1, "epochs between checkpoints; 0 = only at the end")),
+                     Opt("early_stop", Int(0, MAX_COUNT), 0, "patience in epochs on validation loss; 0 = off"),
+                     Opt("checkpoint_every", Int(0, MAX_COUNT), 1, "epochs between checkpoints; 0 = only at the end")),
            doc="the training recipe", example="train epochs=15 batch=128 validation=0.1 seed=7 early_stop=3"),
 )}

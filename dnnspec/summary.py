@@ -11,9 +11,10 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from . import ir
+from . import ir, memory
 from .schema import (
     AUGMENT,
+    INIT_OPTION_USERS,
     LAYERS,
     LOSS,
     OPTIMIZER,
@@ -113,13 +114,21 @@ def render(model: ir.Model) -> str:
         out += [f"  {_stmt(s.kind, _options(AUGMENT[s.kind], s.options))}" for s in model.augment]
         out.append("}")
     out.append("layers {")
-    out += [f"  {_stmt(layer.kind, _options(LAYERS[layer.kind], layer.options))}" for layer in model.layers]
+    out += [f"  {_stmt(layer.kind, _options(LAYERS[layer.kind], layer.options, _unused(layer)))}"
+            for layer in model.layers]
     out.append("}")
     out.append(_stmt("loss", _stmt(model.loss.kind, _options(LOSS[model.loss.kind], model.loss.options))))
     for head, table, step in (("optimizer", OPTIMIZER, model.optimizer), ("schedule", SCHEDULE, model.schedule)):
         out.append(_stmt(head, _stmt(step.kind, _options(table[step.kind], step.options))))
     out.append(_stmt("train", _options(STATEMENTS["train"], model.train)))
     return "\n".join(out) + "\n"
+
+
+def _unused(layer: ir.Layer) -> tuple[str, ...]:
+    """The init options this layer's init does not read (std, limit, fan): not rendered, as the
+    front end refuses them written there; parsing back gives their defaults, as in the IR."""
+    init = layer.options.get("init")
+    return tuple(opt for opt, (users, _) in INIT_OPTION_USERS.items() if init not in users)
 
 
 def _render_input(inp: ir.Input) -> str:
@@ -190,10 +199,13 @@ def summary(model: ir.Model) -> str:
     trainable = sum(p.size for p in model.params if p.trainable)
     frozen = sum(p.size for p in model.params if not p.trainable)
     flops = sum(layer.flops for layer in model.layers)
+    mem = memory.estimate(model)
     lines = [f"network {model.name}  ({model.path})", *_table(rows), "",
              f"trainable params:      {trainable:,}",
              f"non-trainable params:  {frozen:,}",
-             f"forward FLOPs/example: {flops:,}", ""]
+             f"forward FLOPs/example: {flops:,}",
+             f"training memory:       about {memory.fmt_bytes(mem.total)} at batch {mem.batch} (parameters and "
+             f"optimizer {memory.fmt_bytes(mem.params)}, activations {memory.fmt_bytes(mem.activations)})", ""]
     lines += _recipe(model)
     return "\n".join(lines) + "\n"
 

@@ -65,3 +65,11 @@ def test_check_imports_no_heavy_modules():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
+
+
+def test_render_shows_no_init_option_that_does_nothing(capsys):
+    """moons_sgd.dnn has dense 32 init=he_uniform fan=in: std= and limit= would do nothing there."""
+    assert main(["check", "--render", str(ROOT / "specs" / "moons_sgd.dnn")]) == 0
+    out = capsys.readouterr().out
+    assert "  dense 32 init=he_uniform fan=in bias=true name=dense1\n" in out
+    assert "std=" not in out.split("layers {")[1].split("}")[0]

@@ -85,3 +85,45 @@ def test_unprintable_character_is_escaped():
 
 def test_grammar_is_found():
     assert "stmt:" in grammar_text()
+
+
+def test_numbers_too_large_for_a_float_never_overflow():
+    big = "1" + "0" * 400
+    assert _args(f"s {big}/3").args[0].value.raw == float("inf")
+    assert _args(f"s -{big}/3").args[0].value.raw == float("-inf")
+    assert _args(f"s {big}/{big[:-1]}").args[0].value.raw == 10.0  # exact int division where it fits
+    assert _args("s 1/0").args[0].value.raw == float("inf")
+    assert _args(f"s 1..{big}").args[0].value.raw == Range(1.0, float("inf"))
+    assert _args("s " + "9" * 5000).args[0].value.raw == float("inf")  # past Python's 4300-digit int limit
+    assert _args(f"s {big}px").args[0].value.raw == Quantity(10**400, "px")
+
+
+def test_nesting_is_limited_before_parsing():
+    from dnnspec.parser import MAX_NESTING
+
+    ok = "s " + "[" * MAX_NESTING + "1" + "]" * MAX_NESTING
+    assert _args(ok).head == "s"
+    (err,) = _errors("a {\n  s " + "[" * MAX_NESTING + "1" + "]" * MAX_NESTING + "\n}\n")
+    assert err[:3] == (2, 5 + MAX_NESTING - 1, f"syntax error: more than {MAX_NESTING} nested blocks and lists")
+    # brackets in strings and comments do not count, and do not hide a real one
+    quoted = 's "' + "{" * 100 + '" # ' + "[" * 100 + "\n"
+    assert parse_ast(quoted)[0].args[0].value.raw == "{" * 100
+
+
+def test_syntax_retries_stop_at_the_budget(monkeypatch):
+    from dnnspec import parser
+
+    text = "a = 1\nb [1, 2\nc ok\nd x: 1\n"
+    assert len(_errors(text)) == 3
+    monkeypatch.setattr(parser, "RETRY_BUDGET_CHARS", 1)  # passed at the first error
+    assert len(_errors(text)) == 1
+
+
+def test_spans_of_blocks_lists_and_options_come_from_their_tokens():
+    (stmt,) = parse_ast("layers {\n  dense [3, 4] init=he_normal\n}\n", "f.dnn")
+    assert (stmt.span.line, stmt.span.col, stmt.span.end_line, stmt.span.end_col) == (1, 1, 3, 2)
+    (dense,) = stmt.body
+    lst, opt = dense.args
+    assert (lst.span.line, lst.span.col, lst.span.end_line, lst.span.end_col) == (2, 9, 2, 15)
+    assert (opt.span.line, opt.span.col, opt.span.end_col) == (2, 16, 30)
+    assert dense.span.end_col == 30 and stmt.span.file == "f.dnn"
