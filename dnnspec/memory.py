@@ -3,7 +3,7 @@
 The front end refuses a spec whose estimate exceeds :func:`limit`, so that ``check``
 and ``train`` both say so up front instead of ``train`` dying in an allocation. The
 estimate follows what the engine keeps (float32, 4 bytes an element), with ``N`` the
-``train`` batch and ``E = max(N, EVAL_BATCH)`` the batch of evaluation passes:
+``train`` batch and ``E = max(N, eval_batch(model))`` the batch of evaluation passes:
 
     parameters   4 * sum(size) * (weights + gradient + optimizer slots + 2 optimizer
                  scratch [+ 1 clipped/decayed gradient] + best-epoch copy)
@@ -19,6 +19,11 @@ input, ...) and ``backward_l`` those of its backward pass (its input gradient, m
 each op keeps its arrays between steps, so they add up over the layers rather than
 overlap. It is an estimate, within about a factor of two of the peak; the data set
 itself is not counted (``check`` does not know it).
+
+Evaluation passes (validation, test) run ``EVAL_BATCH`` rows at a time, or fewer where
+that many rows' forward scratch would take more than a quarter of the limit
+(:func:`eval_batch`): a big network then evaluates in smaller chunks instead of being
+refused for its evaluation batch, which the spec cannot set.
 
 The limit is the machine's memory: the smaller of the physical memory and the cgroup
 limit of this process, 8 GiB when neither can be read, or ``DNNSPEC_MEMORY_LIMIT``
@@ -38,7 +43,7 @@ from .errors import NO_SPAN, Diagnostic, Span, UsageError
 from .shapes import conv_pads
 
 BYTES = 4  # float32, the engine's training dtype
-EVAL_BATCH = 2048  # dnnspec.engine.trainer.EVAL_BATCH (tests keep the two equal)
+EVAL_BATCH = 2048  # the most rows of one evaluation pass (engine.trainer asks eval_batch)
 FALLBACK_LIMIT = 8 * 2**30
 ENV = "DNNSPEC_MEMORY_LIMIT"
 
@@ -162,10 +167,23 @@ def _augment_part(model: ir.Model, n: int) -> Part | None:
     return Part("augment", "augment", span, 0, BYTES * n * elements)
 
 
+def _forward_elements(model: ir.Model) -> int:
+    """Per-example forward scratch elements of the whole network, the input's two copies included."""
+    return sum(layer_elements(layer)[0] for layer in model.layers) + 2 * _size(model.input.shape)
+
+
+def eval_batch(model: ir.Model) -> int:
+    """Rows per evaluation pass: EVAL_BATCH, or fewer so that their forward scratch fits a quarter of the limit."""
+    cap, _ = limit()
+    if cap is None:
+        return EVAL_BATCH
+    return max(1, min(EVAL_BATCH, cap // 4 // (BYTES * max(1, _forward_elements(model)))))
+
+
 def estimate(model: ir.Model, batch: int | None = None) -> Estimate:
     """The training memory of ``model`` at ``batch`` (default: its ``train batch``)."""
     n = int(model.train["batch"]) if batch is None else int(batch)
-    e = max(n, EVAL_BATCH)
+    e = max(n, eval_batch(model))
     copies = _optimizer_copies(model)
     parts = [Part("input", "input", model.input.span, 0, BYTES * e * 2 * _size(model.input.shape))]
     parts += [_layer_part(layer, copies, n, e) for layer in model.layers]
@@ -178,8 +196,7 @@ def estimate(model: ir.Model, batch: int | None = None) -> Estimate:
 def forward_bytes(model: ir.Model, batch: int) -> int:
     """Bytes of one inference pass at ``batch`` (parameters once, each layer's forward scratch)."""
     params = sum(p.size for p in model.params)
-    acts = sum(layer_elements(layer)[0] for layer in model.layers) + 2 * _size(model.input.shape)
-    return BYTES * (params + batch * acts)
+    return BYTES * (params + batch * _forward_elements(model))
 
 
 # --- the limit ------------------------------------------------------------------------
@@ -255,3 +272,12 @@ def check(model: ir.Model) -> Diagnostic | None:
         f"training this network needs about {fmt_bytes(est.total)} of memory at batch {est.batch}, more than "
         f"the {fmt_bytes(cap)} of {source}; the largest part is {what}",
         big.span if big.span != NO_SPAN else model.span, f"{fix} ({ENV} sets the limit)")
+
+
+def check_batch(model: ir.Model, batch: int) -> None:
+    """UsageError when training ``model`` at ``batch`` (a ``--batch`` override) needs more than :func:`limit`."""
+    cap, source = limit()
+    est = estimate(model, batch)
+    if cap is not None and est.total > cap:
+        raise UsageError(f"--batch {batch}: training {model.name} needs about {fmt_bytes(est.total)} of memory at "
+                         f"that batch, more than the {fmt_bytes(cap)} of {source}; use a smaller --batch")

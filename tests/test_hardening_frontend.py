@@ -226,15 +226,33 @@ def _engine_bytes(model, n, e):
 def test_memory_estimate_bounds_what_the_engine_allocates(spec):
     """The estimate is at least what the engine holds and at most about twice it."""
     m = frontend.parse(spec)
-    real = _engine_bytes(m, m.train["batch"], memory.EVAL_BATCH)
+    real = _engine_bytes(m, m.train["batch"], memory.eval_batch(m))
     est = memory.estimate(m).total
     assert real <= est <= 2.2 * real, (real, est)
 
 
-def test_eval_batch_matches_the_trainer():
+def test_evaluation_chunks_shrink_to_fit_the_limit(monkeypatch):
+    """A network whose 2048-row evaluation would not fit is evaluated in smaller chunks, not refused."""
     from dnnspec.engine import trainer
+    from dnnspec.engine.net import Net
 
-    assert memory.EVAL_BATCH == trainer.EVAL_BATCH
+    spec = ("input image[3, 32, 32]\nclasses 10\nlayers {\n  conv2d 64 kernel=3 padding=same\n  relu\n"
+            "  flatten\n  dense 10\n  softmax\n}\ntrain batch=32\n")
+    monkeypatch.setenv(memory.ENV, "16GiB")
+    m = frontend.parse(spec)
+    assert memory.eval_batch(m) == memory.EVAL_BATCH
+    monkeypatch.setenv(memory.ENV, "1GiB")
+    rows = memory.eval_batch(m)
+    assert 32 <= rows < memory.EVAL_BATCH
+    assert rows * memory.BYTES * memory._forward_elements(m) <= 2**30 // 4
+    m = frontend.parse(spec)  # accepted at 1 GiB: its evaluation chunks shrink
+    net = Net(m, seed=0)
+    calls = []
+    real = net.evaluate
+    monkeypatch.setattr(net, "evaluate", lambda x, y, batch: calls.append(len(x)) or real(x, y, batch=batch))
+    x = np.random.default_rng(0).normal(size=(rows + 5, 3, 32, 32)).astype(np.float32)
+    trainer.evaluate(net, x, np.zeros(rows + 5, dtype=np.int64))
+    assert calls == [rows, 5]
 
 
 @pytest.mark.parametrize("text, limit", [("16GiB", 16 * 2**30), ("512MB", 512 * 10**6), ("2e9", 2 * 10**9),
@@ -330,3 +348,29 @@ def test_render_shows_init_options_only_where_they_act():
 def test_init_options_that_do_nothing_are_errors():
     errs = _messages(HEAD + "layers {\n  dense 3 init=he_uniform std=0.1 limit=0.2\n  softmax\n}\n")
     assert errs == ["std= does nothing with init=he_uniform", "limit= does nothing with init=he_uniform"]
+
+
+def test_a_batch_override_is_memory_checked(tmp_path, monkeypatch):
+    """`train --batch N` is checked like the spec's own batch: one line, exit 2, before any data is read."""
+    from dnnspec.cli import main
+
+    spec = tmp_path / "s.dnn"
+    spec.write_text("data spirals\ninput [2]\nclasses 3\nlayers {\n  dense 4096\n  relu\n  dense 3\n  softmax\n}\n"
+                    "train batch=32\n")
+    monkeypatch.setenv(memory.ENV, "1GiB")
+    assert main(["check", str(spec)]) == 0
+    assert main(["train", str(spec), "--batch", "1000000", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_a_bigger_machine_still_loads(tmp_path, monkeypatch):
+    """The memory limit guards training; a stored spec over this machine's limit still loads for export."""
+    from dnnspec import checkpoint
+    from dnnspec.engine.net import Net
+
+    net = Net(frontend.parse("input [64]\nclasses 3\nlayers {\n  dense 512\n  relu\n  dense 3\n  softmax\n}\n"),
+              seed=0)
+    path = tmp_path / "m.npz"
+    net.save(path)
+    monkeypatch.setenv(memory.ENV, "1MB")
+    assert checkpoint.load_net(path).params["dense1.kernel"].shape == (64, 512)

@@ -54,7 +54,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import frontend
+    from .. import frontend, memory
     from ..data import load_data
     from ..engine.net import Net
     from ..engine.trainer import check_run_dir, fit
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     model = frontend.load(args.spec)
     run_dir = Path(args.out) if args.out else Path("runs") / model.name
     check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)  # before the data: fail fast
+    if args.batch:
+        memory.check_batch(model, args.batch)
     batch = args.batch or int(model.train["batch"])
     data = load_data(args.data, model, data_dir=args.data_dir, batch=min(batch, args.limit or batch))
     x, y = data.x_train, data.y_train

@@ -54,7 +54,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import fileio
+from .. import fileio, memory
 from ..errors import CheckpointError, DivergenceError, UsageError
 from ..progress import final_line, make_progress
 from .optim import global_norm, make_optimizer
@@ -73,7 +73,6 @@ CONFUSION = "confusion.png"
 RUN_FILES = (CHECKPOINT, HISTORY, BEST, SPEC_COPY, CURVES, EXPORTED, METRICS, CONFUSION)
 COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 TRAIN_KEYS = ("epochs", "batch", "validation", "seed", "early_stop", "checkpoint_every")
-EVAL_BATCH = 2048
 
 
 @dataclass
@@ -326,8 +325,13 @@ def write_history(run: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def evaluate(net: Any, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None,
-             batch: int = EVAL_BATCH) -> dict[str, float]:
-    """Mean loss (and accuracy) in evaluation mode over rows ``idx`` of x (all rows if None), in chunks."""
+             batch: int | None = None) -> dict[str, float]:
+    """Mean loss (and accuracy) in evaluation mode over rows ``idx`` of x (all rows if None), in chunks.
+
+    ``batch`` rows a chunk; default :func:`dnnspec.memory.eval_batch` (2048, fewer for big networks).
+    """
+    if batch is None:
+        batch = memory.eval_batch(net.model)
     n = len(x) if idx is None else len(idx)
     sums: dict[str, float] = {}
     for i in range(0, n, batch):
