@@ -11,6 +11,11 @@ with dense layers as Gemm and as MatMul+Add, through ``Predictor.predict`` (inpu
 checks included), and for ``net.forward``. Weights are random (speed does not depend
 on them).
 
+Then float32 against int8 (dynamic) and int8-static (QDQ, calibrated on 512 of the
+random inputs) for each model, at batch 1 and 1024 in alternating rounds with the ratio
+to float32 per round (bench/bench_quantize.py; it does the same for a trained run, with
+test accuracy).
+
     python bench/bench_infer.py                    # CPU, 2 threads
     python bench/bench_infer.py --provider cuda    # CUDAExecutionProvider
     python bench/bench_infer.py --quick            # fewer repetitions (a smoke run)
@@ -29,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_quantize import print_latency, three_models  # noqa: E402  (bench/bench_quantize.py)
 from timing import time_calls  # noqa: E402  (bench/timing.py)
 
 from dnnspec import ir  # noqa: E402
@@ -80,6 +86,20 @@ def bench_model(key: str, provider: str, threads: int, reps: dict[int, int], tmp
     return rows
 
 
+def bench_int8(key: str, threads: int, rounds: int, batches: dict[int, int]) -> None:
+    """float32, int8 and int8-static of one model (random weights) in alternating rounds (opset 27)."""
+    from dnnspec.export.onnx_export import to_onnx
+    from dnnspec.export.quantize import QDQ_MAX_OPSET
+
+    in_shape, layers = MODELS[key]
+    net = Net(ir.model_from_layers(in_shape, layers, scale=1 / 255), seed=0)
+    x = np.random.default_rng(0).uniform(0, 255, (1024, *in_shape)).astype(np.float32)
+    models = three_models(to_onnx(net.model, net.params, opset=QDQ_MAX_OPSET).SerializeToString(), x[:512])
+    print(f"\n{key}: float32 against int8, {threads} intra-op threads; sizes "
+          + ", ".join(f"{n} {len(b) / 1e6:.2f} MB" for n, b in models.items()))
+    print_latency(models, x, rounds, threads, batches)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
@@ -96,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{key}: {'runner':<22} {'batch 1 (us/call)':>18} {'batch 1024 (images/s)':>22}")
             for r in bench_model(key.strip(), args.provider, args.threads, reps, Path(tmp)):
                 print(f"{'':5}{r['name']:<22} {r['latency_us']:>18.1f} {r['images_per_s']:>22,.0f}")
+    if args.provider == "cpu":  # int8 kernels are onnxruntime's CPU ones
+        for key in args.models.split(","):
+            bench_int8(key.strip(), args.threads, 3 if args.quick else 7, {1: 20, 1024: 1} if args.quick else
+                       {1: 200, 1024: 2})
     return 0
 
 
