@@ -14,21 +14,17 @@ tqdm or matplotlib):
 
 import types as _types
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__  # re-exported: dnnspec.__version__
 
 __all__ = ["Predictor", "compile", "evaluate", "export", "load", "load_data"]
 
 
 def __getattr__(name: str):
-    """Lazy top-level API: ``compile``, ``load``, ``Predictor``, ``evaluate``, ``load_data``."""
-    if name == "compile":
-        from .engine.net import compile_net
+    """Lazy top-level API: ``compile``, ``load`` (dnnspec.api), ``Predictor``, ``evaluate``, ``load_data``."""
+    if name in ("compile", "load"):
+        from . import api
 
-        return compile_net
-    if name == "load":
-        from .checkpoint import load_net
-
-        return load_net
+        return getattr(api, name)
     if name == "Predictor":
         from .export.predictor import Predictor
 
@@ -59,6 +55,9 @@ def _export(source, path=None, **options):
     if hasattr(source, "params") and hasattr(source, "model"):
         if path is None:
             raise TypeError("dnnspec.export(net, path): give the .onnx path to write")
+        from .dataschema import meta_entry
+
+        options["metadata"] = {**meta_entry(source), **(options.get("metadata") or {})}  # a table's columns
         proto = to_onnx(source.model, source.params, **options)
     else:
         from .export.runs import load_source
@@ -66,7 +65,7 @@ def _export(source, path=None, **options):
         src = load_source(source)
         folder = Path(source)
         path = path if path is not None else (folder / "model.onnx" if folder.is_dir() else folder.with_suffix(".onnx"))
-        proto = to_onnx(src.net.model, src.net.params, metadata=src.summary, source=str(src.path), **options)
+        proto = to_onnx(src.model, src.params, metadata=src.summary, source=str(src.path), **options)
     return write_atomic(path, proto.SerializeToString())
 
 

@@ -2,11 +2,16 @@
 
 Layout of both kinds of file (``np.load(path, allow_pickle=False)`` reads them)::
 
-    meta               uint8 array: UTF-8 JSON (format, kind, spec text, model JSON, dtype, ...)
+    meta               uint8 array: UTF-8 JSON (format, kind, spec text, model JSON, dtype, ...);
+                       format 1 for chains, 2 for graphs (layers that name their inputs)
     param/<name>       every array of net.params: weights, batch-norm running statistics,
                        input.mean / input.std
     best/<name>        (checkpoints) the weights of the best epoch so far
     opt/<key>          (checkpoints) the optimizer's state_dict: ``t``, ``m/<name>``, ...
+
+Everything here is (model, arrays) data: saving reads ``.model``, ``.params`` and ``.dtype``
+of whatever it is given, and loading (:func:`load_model`) returns the ``ir.Model`` and its
+arrays without building a Net (``dnnspec.load`` in :mod:`dnnspec.api` builds one from them).
 
 ``meta["spec"]`` is the spec text; loading reparses it with :func:`dnnspec.frontend.parse`
 to rebuild the Model. A model built in code (``ir.model_from_layers``) has no text, so
@@ -30,10 +35,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import fileio, ir
+from . import dataschema, fileio, ir
 from .errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Files of chains keep format 1, which every dnnspec reads; a graph (layers that name their inputs)
+# is format 2, so that a dnnspec from before graphs says "upgrade" instead of misreading it.
+CHAIN_FORMAT = 1
+# Preferred file names in a run folder of 'dnnspec train', best first; any other *.npz comes after these.
+RUN_FILES = ("best.npz", "model.npz", "checkpoint.npz", "last.npz")
 
 
 # --- atomic writes ---------------------------------------------------------------------
@@ -106,8 +116,9 @@ def _decode_meta(path: Path, meta_bytes: np.ndarray | None, what: str) -> dict[s
 
 
 def model_meta(model: ir.Model) -> dict[str, Any]:
-    """What a file stores to rebuild ``model``: the spec text, its path, and the IR as JSON."""
-    return {"spec": model.source, "spec_path": model.path, "model": json.loads(model.to_json(indent=None))}
+    """What a file stores to rebuild ``model``: the format, the spec text, its path, and the IR as JSON."""
+    return {"format": CHAIN_FORMAT if model.is_chain else FORMAT_VERSION, "spec": model.source,
+            "spec_path": model.path, "model": json.loads(model.to_json(indent=None))}
 
 
 def model_from_meta(meta: Mapping[str, Any], where: str) -> ir.Model:
@@ -144,11 +155,13 @@ def _step(d: Mapping[str, Any]) -> ir.Step:
 
 
 def model_from_dict(d: Mapping[str, Any]) -> ir.Model:
-    """Inverse of ``json.loads(Model.to_json())`` (spans are not kept; source is empty)."""
+    """Inverse of ``json.loads(Model.to_json())`` (spans are not kept; source is empty). A file written
+    before graphs has no ``inputs``: its layers form a chain (ir.Model links them)."""
     layers = tuple(
         ir.Layer(lay["name"], lay["kind"], _opts(lay["options"]), tuple(lay["in_shape"]), tuple(lay["out_shape"]),
                  tuple(ir.ParamSpec(**{**p, "shape": tuple(p["shape"])}) for p in lay["params"]),
-                 explicit=frozenset(lay.get("explicit", ())), flops=lay.get("flops", 0))
+                 explicit=frozenset(lay.get("explicit", ())), flops=lay.get("flops", 0),
+                 inputs=tuple(lay.get("inputs", ())), in_shapes=tuple(tuple(s) for s in lay.get("in_shapes", ())))
         for lay in d["layers"])
     inp, task, norm = d["input"], d["task"], d.get("normalize", {})
     return ir.Model(
@@ -169,23 +182,30 @@ def model_from_dict(d: Mapping[str, Any]) -> ir.Model:
 def restore_params(params: dict[str, np.ndarray], arrays: Mapping[str, np.ndarray], where: str,
                    prefix: str = "param/", check_only: bool = False) -> None:
     """Copy ``arrays[prefix + name]`` into each ``params[name]`` in place, checking names and shapes first."""
-    found = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-    for name, target in params.items():
-        if name not in found:
-            raise CheckpointError(f"{where}: the spec has parameter {name} {_shape(target.shape)} but the file "
-                                  f"does not; was it saved from another spec?")
-        src = found[name]
-        if src.shape != target.shape:
-            raise CheckpointError(f"{where}: parameter {name}: the spec expects shape {_shape(target.shape)}, "
-                                  f"the file holds {_shape(src.shape)}; the spec changed since it was saved")
-    extra = sorted(set(found) - set(params))
-    if extra:
-        raise CheckpointError(f"{where}: the file has parameter {extra[0]} that the spec does not declare; "
-                              f"was it saved from another spec?")
+    found = check_arrays({name: target.shape for name, target in params.items()}, arrays, where, prefix)
     if check_only:
         return
     for name, target in params.items():
         target[...] = found[name]
+
+
+def check_arrays(shapes: Mapping[str, tuple[int, ...]], arrays: Mapping[str, np.ndarray], where: str,
+                 prefix: str = "param/") -> dict[str, np.ndarray]:
+    """``{name: arrays[prefix + name]}`` when the file's arrays under ``prefix`` are exactly ``shapes``;
+    else CheckpointError naming the first missing, misshapen or unexpected one."""
+    found = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    for name, shape in shapes.items():
+        if name not in found:
+            raise CheckpointError(f"{where}: the spec has parameter {name} {_shape(shape)} but the file "
+                                  f"does not; was it saved from another spec?")
+        if found[name].shape != tuple(shape):
+            raise CheckpointError(f"{where}: parameter {name}: the spec expects shape {_shape(shape)}, "
+                                  f"the file holds {_shape(found[name].shape)}; the spec changed since it was saved")
+    extra = sorted(set(found) - set(shapes))
+    if extra:
+        raise CheckpointError(f"{where}: the file has parameter {extra[0]} that the spec does not declare; "
+                              f"was it saved from another spec?")
+    return found
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -200,31 +220,71 @@ def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.nda
 
 
 def save_net(net: Any, path: str | os.PathLike) -> Path:
-    """Write ``net`` (every array of net.params and its spec) to ``path`` (.npz), atomically."""
-    meta = {"format": FORMAT_VERSION, "kind": "net", "dtype": net.dtype.name, **model_meta(net.model)}
-    return write_npz(path, meta, _prefixed("param/", net.params))
+    """Write ``net`` (a Net, or anything with ``.model``, ``.params`` and ``.dtype``) to ``path`` (.npz), atomically."""
+    return save_model(path, net.model, net.params, net.dtype, dataschema.meta_entry(net))
 
 
-def load_net(path: str | os.PathLike, dtype: Any = None) -> Any:
-    """``dnnspec.load``: a Net rebuilt from a file of :func:`save_net`, a training checkpoint or a run folder.
+def save_model(path: str | os.PathLike, model: ir.Model, params: Mapping[str, np.ndarray], dtype: Any,
+               extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` and every array of its network (``params``) to ``path`` (.npz), atomically.
 
-    From a checkpoint file, the weights of its last epoch are loaded. A run folder gives
-    the network ``dnnspec export RUN_DIR`` exports: its ``best.npz`` (else a saved model,
-    else ``checkpoint.npz`` with its best weights when it has them). ``dtype`` defaults to the saved one.
+    ``extra``: more metadata (the ``data_schema`` record of dnnspec.dataschema)."""
+    meta = {"kind": "net", "dtype": np.dtype(dtype).name, **model_meta(model), **(extra or {})}
+    return write_npz(path, meta, _prefixed("param/", params))
+
+
+def find_file(path: Path) -> Path:
+    """The checkpoint or model file of ``path``: the file itself, or the best one of a run folder (RUN_FILES)."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run folder or checkpoint; train first with 'dnnspec train SPEC'")
+    for name in RUN_FILES:
+        if (path / name).is_file():
+            return path / name
+    others = sorted(path.glob("*.npz"))
+    if others:
+        return others[0]
+    raise CheckpointError(f"{path}: this folder holds no checkpoint or model (.npz); "
+                          "give the run folder written by 'dnnspec train' or a checkpoint file")
+
+
+@dataclass
+class Saved:
+    """A trained model as data: its IR, every array of its network by name, and the file it came from.
+
+    ``params`` holds the best epoch's weights (``best``) or the last ones; ``meta`` is the
+    file's metadata (``dtype``, the training state of a checkpoint).
     """
-    from .engine.net import Net
 
-    folder = Path(path).is_dir()
-    if folder:
-        from .export.runs import find_file
+    model: ir.Model
+    params: dict[str, np.ndarray]
+    path: Path
+    meta: dict[str, Any]
+    best: bool = False
 
-        path = find_file(Path(path))
-    meta, arrays = read_npz(path, "model file")
-    model = model_from_meta(meta, str(path))
-    net = Net(model, dtype=dtype or meta.get("dtype", "float32"))
-    best = folder and all(f"best/{k}" in arrays for k in net.params)
-    restore_params(net.params, arrays, str(path), prefix="best/" if best else "param/")
-    return net
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta.get("dtype", "float32"))
+
+
+def load_model(path: str | os.PathLike, *, prefer_best: bool | None = None, what: str = "model file") -> Saved:
+    """The model and arrays of a file of :func:`save_net`, a training checkpoint or a run folder.
+
+    A run folder gives its best file (:func:`find_file`). ``prefer_best`` (default: only for
+    a run folder): take a checkpoint's ``best/`` weights when it holds all of them, else its
+    last (``param/``) ones. The arrays are checked against the names and shapes the spec implies
+    (:attr:`ir.Model.arrays`): CheckpointError naming the file otherwise.
+    """
+    path = Path(path)
+    folder = path.is_dir()
+    file = find_file(path) if folder else path
+    meta, arrays = read_npz(file, what)
+    model = dataschema.apply(model_from_meta(meta, str(file)), dataschema.from_meta(meta))  # data's class names
+    wanted = model.arrays
+    best = (folder if prefer_best is None else prefer_best) and all(f"best/{k}" in arrays for k in wanted)
+    params = check_arrays(wanted, arrays, str(file), "best/" if best else "param/")
+    return Saved(model, {name: params[name] for name in wanted}, file, meta, best)
 
 
 # --- training checkpoints --------------------------------------------------------------------
@@ -252,8 +312,8 @@ def save_checkpoint(path: str | os.PathLike, net: Any, optimizer_state: Mapping[
     ``state`` holds the epoch, history rows, random generator state and early-stopping
     bookkeeping; it must be JSON-serialisable.
     """
-    meta = {"format": FORMAT_VERSION, "kind": "checkpoint", "dtype": net.dtype.name,
-            **model_meta(net.model), **state}
+    meta = {"kind": "checkpoint", "dtype": net.dtype.name, **model_meta(net.model), **dataschema.meta_entry(net),
+            **state}
     arrays = {**_prefixed("param/", net.params), **_prefixed("opt/", optimizer_state)}
     if best:
         arrays.update(_prefixed("best/", best))
@@ -278,5 +338,6 @@ def check_same_spec(ckpt: Checkpoint, net: Any) -> None:
 
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "atomic_write_text",
-           "check_same_spec", "load_checkpoint", "load_net", "model_from_dict", "model_from_meta",
-           "read_meta", "read_npz", "restore_params", "save_checkpoint", "save_net", "write_npz"]
+           "Saved", "check_arrays", "check_same_spec", "find_file", "load_checkpoint", "load_model", "model_from_dict",
+           "model_from_meta", "read_meta", "read_npz", "restore_params", "save_checkpoint", "save_model", "save_net",
+           "write_npz"]

@@ -4,9 +4,12 @@ Sources (``load_data(source, model)``; see ``docs/data.md``):
 
 ==================================== ==============================================================
 ``file.npz``                         arrays ``x``, ``y``, optional ``x_test``, ``y_test``
-``file.csv[:COLUMN]``                one example per row, header optional; label column by header
-                                     name or index (``:label``, ``:0``, ``:-1``; several targets
-                                     ``:t1,t2``); default: the last column (last ``targets`` columns)
+``file.csv[:label=NAME]``            one example per row, header row; label column by header name or
+                                     index (``:label=quality``, ``:quality``, ``:0``, ``:-1``; several
+                                     targets ``:t1,t2``); default: the last column (last ``targets``
+                                     columns); text labels and text columns (one-hot): dnnspec.tables
+``DIR[:resize=fit|crop|pad]``        an image folder (one subfolder per class, optional train/ val/
+                                     test/ splits): dnnspec.images
 ``DIR`` or ``IMAGES,LABELS``         IDX files as MNIST ships them (``train-images-idx3-ubyte``,
                                      ``train-labels-idx1-ubyte``, ``t10k-*``), gzipped or not
 ``spirals``, ``moons``, ``blobs``    synthetic 2-D sets generated in code, seeded, with a test split;
@@ -32,10 +35,6 @@ import difflib
 import gzip
 import math
 import os
-import tokenize
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,19 @@ from typing import Any
 import numpy as np
 
 from . import ir
+
+# the file readers live in dnnspec.datafiles; their names stay importable from here
+from .datafiles import (  # noqa: F401
+    DEFLATE_MAX_RATIO,
+    READ_ERRORS,
+    check_fits,
+    data_bytes,
+    fmt_dims,
+    physical_memory,
+    read_npy,
+    read_npz_arrays,
+)
+from .dataschema import RESIZE_MODES, SOURCE_OPTIONS, DataSchema
 from .errors import DataError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -58,6 +70,12 @@ class Dataset:
     ``x_train``: ``(N, *input.shape)`` uint8 or float32; ``y_train``: ``(N,)`` int64 class
     indices or ``(N, targets)`` float32; ``x_test``/``y_test`` likewise or None.
     ``path`` is the file or source the arrays came from (named in every DataError).
+    ``x_val``/``y_val``: a validation split the source names (an image folder's ``val/``).
+    ``schema``: what the data teaches a model besides its weights (class names of text labels
+    or folders, a table's columns and vocabularies; dnnspec.dataschema), None for arrays.
+    ``raw_train``/``raw_test``: a table's raw feature cells, object ``(N, columns)``, when its
+    exported model takes the raw columns (a table with text columns). ``notes``: lines for the
+    user (which column is the label, files left out).
     """
 
     x_train: np.ndarray
@@ -67,36 +85,52 @@ class Dataset:
     name: str = ""
     class_names: tuple[str, ...] = ()
     path: str = ""
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    schema: DataSchema | None = None
+    raw_train: np.ndarray | None = None
+    raw_test: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
 
 # --- entry point -------------------------------------------------------------------
 
 
 def load_data(source: str | None, model: ir.Model, data_dir: str | os.PathLike | None = None,
-              batch: int | None = None) -> Dataset:
+              batch: int | None = None, *, label: str | None = None, schema: DataSchema | None = None) -> Dataset:
     """Read ``source`` (or the spec's ``data`` statement when None) and check it against ``model``.
 
-    Raises DataError naming the file for every problem; returns arrays shaped for the model.
+    ``label``: the label column of a CSV table (as ``:label=NAME``). ``schema``: a trained
+    model's data schema (evaluation): its class names, columns and vocabularies are used
+    instead of being learned from this data. Raises DataError naming the file for every
+    problem; returns arrays shaped for the model.
     """
     source = source if source is not None else model.data
     if not source:
-        raise DataError(f"{model.path}: no data source: pass --data SOURCE (a .npz/.csv file, an IDX folder, "
-                        f"or one of {', '.join(BUILTINS)}) or write 'data \"SOURCE\"' in the spec")
-    raw = read_source(str(source), model, data_dir)
+        raise DataError(f"{model.path}: no data source: pass --data SOURCE (a .npz/.csv file, an image or IDX "
+                        f"folder, or one of {', '.join(BUILTINS)}) or write 'data \"SOURCE\"' in the spec")
+    raw = read_source(str(source), model, data_dir, label=label, schema=schema)
     return check_data(raw, model, batch)
 
 
-def read_source(source: str, model: ir.Model, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Read ``source`` without checking it against the model (shapes as stored)."""
+def read_source(source: str, model: ir.Model, data_dir: str | os.PathLike | None = None, *,
+                label: str | None = None, schema: DataSchema | None = None) -> Dataset:
+    """Read ``source`` without checking it against the model (shapes as stored).
+
+    CSV tables and image folders need the model's task and input to be read (labels by
+    class name, images at the spec's size); ``model`` may then be anything with ``path``.
+    """
     path = _resolve(source, model)
     if path is not None:
-        return _read_path(path, "")
+        return _read_path(path, _file_options(path, "", label), model, schema)
     base, _, opts = source.partition(":")
     if base in BUILTINS:
+        if label:
+            raise DataError(f"{base}: --label applies to a CSV table; {base} has its own labels")
         return _read_builtin(base, _parse_options(source, opts), data_dir)
     base_path = _resolve(base, model)
     if base_path is not None:
-        return _read_path(base_path, opts)
+        return _read_path(base_path, _file_options(base_path, opts, label), model, schema)
     if "," in source and not opts:
         parts = [_resolve(p, model) for p in source.split(",")]
         if len(parts) == 2 and all(parts):
@@ -106,12 +140,12 @@ def read_source(source: str, model: ir.Model, data_dir: str | os.PathLike | None
 
 def _unknown_source_message(source: str, base: str) -> str:
     if "/" in base or "." in base or os.sep in base:
-        return (f"{source}: data file not found; give an existing .npz/.csv file or IDX folder "
+        return (f"{source}: data file not found; give an existing .npz/.csv file, image folder or IDX folder "
                 f"(relative paths are read from the current directory or the spec's folder)")
     close = difflib.get_close_matches(base, BUILTINS, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
     return (f"{source}: unknown data source; {hint}built-in sets are {', '.join(BUILTINS)}, "
-            f"or give a .npz/.csv file or an IDX folder")
+            f"or give a .npz/.csv file, an image folder or an IDX folder")
 
 
 def _resolve(name: str, model: ir.Model) -> Path | None:
@@ -136,19 +170,83 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _read_path(path: Path, column: str) -> Dataset:
+def _source_kind(path: Path) -> str:
+    """``csv``, ``folder`` or ``file``: which options (dataschema.SOURCE_OPTIONS) a source takes."""
+    name = path.name.lower()
+    if name.endswith(".csv") or name.endswith(".csv.gz"):
+        return "csv"
+    return "folder" if path.is_dir() else "file"
+
+
+def _file_options(path: Path, text: str, label: str | None = None) -> dict[str, str]:
+    """``label=quality,resize=fit`` -> dict; bare items are label columns (``:quality``, ``:t1,t2``, ``:0``).
+
+    ``label`` (``--label``) joins them; each option is checked against the kind of source.
+    """
+    opts: dict[str, str] = {}
+    bare: list[str] = []
+    last = ""
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq:
+            if last == "label":
+                opts["label"] += "," + item  # label=t1,t2
+            elif last:
+                raise DataError(f"{path}: bad option '{item}' after {last}=; write options as name=value")
+            else:
+                bare.append(item)
+            continue
+        if key not in SOURCE_OPTIONS:
+            raise DataError(f"{path}: unknown option '{key}'; a data file takes label=NAME (a CSV table) or "
+                            f"resize={'|'.join(RESIZE_MODES)} (an image folder)")
+        if key in opts or (key == "label" and bare):
+            raise DataError(f"{path}: option '{key}' is given twice; give it once")
+        opts[key], last = value, key
+    if bare:
+        opts["label"] = ",".join(bare)
+    if label:
+        if opts.get("label", label) != label:
+            raise DataError(f"{path}: the label column is given twice (label={opts['label']} in the source, "
+                            f"--label {label}); give it once")
+        opts["label"] = label
+    _check_file_options(path, opts)
+    return opts
+
+
+def _check_file_options(path: Path, opts: dict[str, str]) -> None:
+    kind = _source_kind(path)
+    if "label" in opts and kind != "csv":
+        raise DataError(f"{path}: ':{opts['label']}' (label=) selects a label column, which only .csv files have")
+    if "resize" in opts:
+        if kind != "folder":
+            raise DataError(f"{path}: resize= applies to an image folder; for single images use predict's "
+                            f"model, which resizes as it was trained")
+        if opts["resize"] not in RESIZE_MODES:
+            raise DataError(f"{path}: resize={opts['resize']} is not a resize mode; choose "
+                            f"{', '.join(RESIZE_MODES)}")
+
+
+def _read_path(path: Path, opts: dict[str, str], model: Any, schema: DataSchema | None = None) -> Dataset:
     if path.is_dir():
-        return _read_idx_dir(path, path.name)
+        if _find_idx(path, "train-images-idx3-ubyte") or not _is_image_folder(path):
+            if "resize" in opts:
+                raise DataError(f"{path}: an IDX folder, whose images have one size; drop resize=")
+            return _read_idx_dir(path, path.name)
+        return _read_image_folder(path, opts.get("resize", ""), model, schema)
     suffix = path.name.lower()
-    if column and not (suffix.endswith(".csv") or suffix.endswith(".csv.gz")):
-        raise DataError(f"{path}: ':{column}' selects a label column, which only .csv files have")
     if suffix.endswith(".npz"):
         return _read_npz(path)
     if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
-        return _read_csv(path, column)
+        return _read_table(path, opts.get("label"), model, schema)
     if "idx" in suffix or suffix.endswith("-ubyte"):
         raise DataError(f"{path}: an IDX file alone has no labels; give its folder or IMAGES,LABELS")
-    raise DataError(f"{path}: unknown data file type; use .npz (arrays x, y), .csv, or an IDX folder")
+    raise DataError(f"{path}: unknown data file type; use .npz (arrays x, y), .csv, an image folder or an IDX folder")
+
+
+def _is_image_folder(path: Path) -> bool:
+    from .images import is_image_folder
+
+    return is_image_folder(path)
 
 
 def _parse_options(source: str, text: str) -> dict[str, str]:
@@ -166,96 +264,6 @@ def _parse_options(source: str, text: str) -> dict[str, str]:
 
 
 # --- files -------------------------------------------------------------------------
-
-
-#: What reading a damaged file can raise (zlib.error: a corrupt deflate stream in .gz or .npz;
-#: RuntimeError/NotImplementedError: an encrypted or exotically compressed zip member;
-#: TokenError/SyntaxError: a garbled .npy header, which NumPy tokenizes).
-READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, MemoryError, RuntimeError,
-               NotImplementedError, tokenize.TokenError, SyntaxError)
-#: Deflate cannot expand data by more than 1032:1, so a member claiming more is lying.
-DEFLATE_MAX_RATIO = 1032
-
-
-def physical_memory() -> int | None:
-    """Bytes of RAM of this machine, or None when the platform does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits(path: Path | str, nbytes: int, what: str) -> None:
-    """DataError when ``nbytes`` exceed this machine's memory: checked before allocating them."""
-    total = physical_memory()
-    if total and nbytes > total:
-        raise DataError(f"{path}: {what} would take {nbytes / 2**30:.1f} GiB, more than this machine's "
-                        f"{total / 2**30:.1f} GiB of memory")
-
-
-def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, header length) of the .npy stream ``f``, read without touching the data."""
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _, dtype = read(f)
-    return tuple(int(d) for d in shape), dtype, f.tell()
-
-
-def _data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    return math.prod(shape) * dtype.itemsize
-
-
-def read_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` file (no pickle); its header's size is checked against the file before allocating."""
-    try:
-        with open(path, "rb") as f:
-            shape, dtype, head = _npy_header(f)
-        nbytes = _data_bytes(shape, dtype)
-        found = path.stat().st_size - head
-        if nbytes > found:
-            raise DataError(f"{path}: truncated .npy file: its header claims {_fmt(shape)} {dtype} "
-                            f"({nbytes:,} bytes) but the file holds {found:,}")
-        check_fits(path, nbytes, f"the array {_fmt(shape)} {dtype}")
-        return np.load(path, allow_pickle=False)
-    except DataError:
-        raise
-    except READ_ERRORS as e:
-        raise DataError(f"{path}: cannot read .npy file ({e}); is it truncated or corrupt?") from None
-
-
-def read_npz_arrays(path: Path, choose: Callable[[list[str]], Iterable[str]]) -> dict[str, np.ndarray]:
-    """The arrays ``choose(names)`` picks from a ``.npz`` file (no pickle), each size-checked first.
-
-    ``choose`` gets the array names in the file and returns those to read (or raises
-    DataError). A member's header must fit the member's stated size, which must fit its
-    compressed size (deflate expands at most 1032:1), which must fit the file.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
-            return {k: _read_member(path, zf, members[k]) for k in choose(list(members))}
-    except DataError:
-        raise
-    except READ_ERRORS as e:
-        raise DataError(f"{path}: cannot read .npz file ({e}); is it truncated or corrupt, "
-                        f"or not a NumPy .npz archive?") from None
-
-
-def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    room = info.compress_size * (DEFLATE_MAX_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else 1) + 64
-    if info.header_offset + info.compress_size > path.stat().st_size or info.file_size > room:
-        raise DataError(f"{path}: array {info.filename[:-4]} is truncated or corrupt (its stated size does not "
-                        f"fit the file)")
-    with zf.open(info) as f:
-        shape, dtype, head = _npy_header(f)
-        nbytes = _data_bytes(shape, dtype)
-        if nbytes > info.file_size - head:
-            raise DataError(f"{path}: array {info.filename[:-4]} claims {_fmt(shape)} {dtype} ({nbytes:,} bytes) "
-                            f"but holds {info.file_size - head:,}; the file is truncated or corrupt")
-        check_fits(path, nbytes, f"array {info.filename[:-4]} {_fmt(shape)} {dtype}")
-        f.seek(0)
-        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _read_npz(path: Path) -> Dataset:
@@ -276,81 +284,79 @@ def _read_npz(path: Path) -> Dataset:
 
 
 def read_csv_table(path: Path) -> tuple[list[str] | None, np.ndarray]:
-    """(header or None, float64 table (rows, columns)) of a numeric CSV file, gzipped or not.
+    """(header or None, float64 table (rows, columns)) of a CSV file of numbers only, gzipped or not.
 
-    The text, its lines and the table take about 6 bytes per byte of text (a table of
-    one-digit numbers holds one float64 per 2 characters): a plain file that would not
-    fit in memory is refused before it is read.
+    Read by :func:`dnnspec.tables.read_table` (memory checked before reading; positions in
+    errors); a text or missing cell is refused with its row and column.
     """
-    gz = path.name.lower().endswith(".gz")
-    try:
-        if not gz:
-            check_fits(path, 6 * path.stat().st_size, "reading this CSV file")
-        opener = gzip.open if gz else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
-    except DataError:
-        raise
-    except READ_ERRORS as e:  # UnicodeDecodeError is a ValueError
-        raise DataError(f"{path}: cannot read CSV file ({e})") from None
-    if not lines:
-        raise DataError(f"{path}: the CSV file is empty")
-    header = _csv_header(lines[0])
-    body = lines[1:] if header else lines
-    if not body:
-        raise DataError(f"{path}: the CSV file has a header but no rows of numbers")
-    try:
-        table = np.loadtxt(body, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise DataError(f"{path}: not a numeric CSV table ({e}); every row after the header must hold "
-                        f"the same number of numbers") from None
-    return header, table
+    from .tables import read_table
+
+    table = read_table(Path(path))
+    for j in range(table.width):
+        table.require(j)
+        if table.kinds[j] != "number":
+            raise DataError(f"{path}: not a numeric CSV table: {table.column(j)} holds text (e.g. "
+                            f"'{table.columns[j][0]}' at row {int(table.rows[0])}); this reader takes numbers only")
+    return (list(table.names) if table.header else None), np.stack(table.columns, axis=1)
 
 
-def _read_csv(path: Path, column: str) -> Dataset:
-    """A CSV file: numeric rows, optional header; ``column`` names the label column(s)."""
-    header, table = read_csv_table(path)
-    cols = _label_columns(path, column, header, table.shape[1])
-    keep = [i for i in range(table.shape[1]) if i not in cols]
-    y = table[:, cols[0]] if len(cols) == 1 else table[:, cols]
-    return Dataset(table[:, keep], y, name=path.stem, path=str(path))
+def _read_table(path: Path, label: str | None, model: Any, schema: DataSchema | None) -> Dataset:
+    """A CSV table for ``model``'s task (dnnspec.tables): features encoded, labels as class indices or targets."""
+    from . import tables
+
+    text = [c.name for c in schema.columns if c.kind == "text"] if schema is not None else ()
+    table = tables.read_table(path, text)
+    task = getattr(model, "task", None)
+    if task is None:  # another tool's model: numbers as stored, the label column as chosen
+        choice = tables.choose_label(table, label)
+        keep = [j for j in range(table.width) if j not in choice.columns]
+        for j in range(table.width):
+            table.require(j)
+        y = np.stack([table.columns[j] for j in choice.columns], axis=1)
+        x = tables.encode(table, keep, tables.learn_columns(table, keep))
+        return Dataset(x, y[:, 0] if y.shape[1] == 1 else y, name=path.stem, path=str(path), notes=(choice.phrase,))
+    part = tables.table_data(table, task, label, schema)
+    return Dataset(part.x, part.y, name=path.stem, class_names=part.schema.class_names, path=str(path),
+                   schema=part.schema, raw_train=part.raw, notes=(f"{path}: {part.phrase}",))
 
 
-def _csv_header(line: str) -> list[str] | None:
-    cells = [c.strip().strip('"') for c in line.split(",")]
-    try:
-        [float(c) for c in cells]
-    except ValueError:
-        return cells
-    return None
+# --- image folders -------------------------------------------------------------------
 
 
-def _label_columns(path: Path, column: str, header: list[str] | None, width: int) -> list[int]:
-    """Column indices of the labels: by header name or index; default the last column."""
-    if width < 2:
-        raise DataError(f"{path}: a CSV data file needs at least two columns (features and a label)")
-    if not column:
-        return [width - 1]
-    out = []
-    for name in column.split(","):
-        name = name.strip()
-        if header and name in header:
-            out.append(header.index(name))
-            continue
-        try:
-            i = int(name)
-        except ValueError:
-            known = f"columns are {', '.join(header)}" if header else "the file has no header row"
-            raise DataError(f"{path}: no column named '{name}' ({known}); write {path.name}:NAME "
-                            f"or {path.name}:INDEX") from None
-        if not -width <= i < width:
-            raise DataError(f"{path}: column index {i} is outside the {width} columns")
-        out.append(i % width)
-    if len(set(out)) < len(out):
-        raise DataError(f"{path}: ':{column}' names a label column twice; name each once")
-    if len(out) >= width:
-        raise DataError(f"{path}: ':{column}' makes every column a label, which leaves no features")
-    return out
+def _read_image_folder(path: Path, resize: str, model: Any, schema: DataSchema | None) -> Dataset:
+    """An image folder (dnnspec.images) decoded at the spec's image[C, H, W], labels by class folder."""
+    from . import images
+
+    inp, task = getattr(model, "input", None), getattr(model, "task", None)
+    if inp is None or task is None:
+        raise DataError(f"{path}: an image folder is read at the size a spec gives; this model has no spec")
+    if inp.kind != "image":
+        raise DataError(f"{path}: an image folder needs an image input; the spec says input [{_dims(inp.shape)}]: "
+                        f"write input image[C, H, W] (C = 1 for grey, 3 for RGB) and flatten before dense layers")
+    if task.kind != "classification":
+        raise DataError(f"{path}: an image folder gives class labels (one subfolder per class), but the spec is a "
+                        f"regression (targets {task.targets}); use .npz data for regression targets")
+    names = task.class_names or (schema.class_names if schema is not None else ())
+    folder = images.list_folder(path, names, task.classes)
+    resize = resize or (schema.resize if schema is not None else "")
+    x = images.decode_all(folder.files, inp.shape, resize, where=path)
+    parts, start = {}, 0
+    for split in images.SPLITS:
+        if split in folder.splits:
+            n = len(folder.splits[split])
+            parts[split] = (x[start:start + n], folder.labels[split])
+            start += n
+    none = (None, None)
+    notes = [f"{path}: {images.folder_summary(folder)}" + (f", resized ({resize})" if resize else "")]
+    if folder.skipped:
+        notes.append(f"{path}: left out {folder.skipped:,} files that are not images")
+    return Dataset(*parts["train"], *parts.get("test", none), name=path.name, class_names=folder.class_names,
+                   path=str(path), x_val=parts.get("val", none)[0], y_val=parts.get("val", none)[1],
+                   schema=DataSchema("images", folder.class_names, resize=resize), notes=tuple(notes))
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join(str(d) for d in shape)
 
 
 # --- IDX (MNIST format) ------------------------------------------------------------
@@ -370,7 +376,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with (gzip.open if gz else open)(path, "rb") as f:
             dtype, shape = _idx_header(path, f)
-            _check_idx_size(path, _data_bytes(shape, dtype), 4 + 4 * len(shape), gz)
+            _check_idx_size(path, data_bytes(shape, dtype), 4 + 4 * len(shape), gz)
             arr = np.empty(shape, dtype=dtype)
             got = f.readinto(memoryview(arr.reshape(-1).view(np.uint8)))
             if gz:
@@ -417,8 +423,8 @@ def _read_idx_dir(folder: Path, name: str, class_names: tuple[str, ...] = ()) ->
     """A folder with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] and optional t10k-*."""
     xs, ys = _find_idx(folder, "train-images-idx3-ubyte"), _find_idx(folder, "train-labels-idx1-ubyte")
     if xs is None or ys is None:
-        raise DataError(f"{folder}: no IDX training files; expected train-images-idx3-ubyte[.gz] and "
-                        f"train-labels-idx1-ubyte[.gz] in this folder")
+        raise DataError(f"{folder}: neither an image folder (no PNG, JPEG, BMP or GIF files below it) nor an IDX "
+                        f"folder (train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz])")
     xt, yt = _find_idx(folder, "t10k-images-idx3-ubyte"), _find_idx(folder, "t10k-labels-idx1-ubyte")
     test = (read_idx(xt), read_idx(yt)) if xt and yt else (None, None)
     return Dataset(read_idx(xs), read_idx(ys), *test, name=name, class_names=class_names, path=str(folder))
@@ -613,25 +619,28 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
 
 
 def check_data(data: Dataset, model: ir.Model, batch: int | None = None) -> Dataset:
-    """Check both splits against the model; return them shaped and typed for it.
+    """Check every split against the model; return them shaped and typed for it.
 
     ``x`` -> ``(N, *input.shape)`` (uint8 kept, else float32); labels -> int64 ``(N,)``
     for classification, float32 ``(N, targets)`` for regression. ``batch`` defaults to
     the spec's ``train batch``; the training split must hold at least one batch.
     """
     where = data.path or data.name or "data"
-    x, y = _check_split(where, "", data.x_train, data.y_train, model)
+    x, y = _check_split(where, "", data.x_train, data.y_train, model, data.schema)
     batch = int(model.train.get("batch", 1)) if batch is None else int(batch)
     if len(x) < batch:
         raise DataError(f"{where}: only {len(x)} training examples, fewer than one batch of {batch}; "
                         f"use a smaller batch (--batch) or more data")
-    xt = yt = None
+    xt = yt = xv = yv = None
     if data.x_test is not None and data.y_test is not None:
-        xt, yt = _check_split(where, "test ", data.x_test, data.y_test, model)
-    return replace(data, x_train=x, y_train=y, x_test=xt, y_test=yt)
+        xt, yt = _check_split(where, "test ", data.x_test, data.y_test, model, data.schema)
+    if data.x_val is not None and data.y_val is not None:
+        xv, yv = _check_split(where, "validation ", data.x_val, data.y_val, model, data.schema)
+    return replace(data, x_train=x, y_train=y, x_test=xt, y_test=yt, x_val=xv, y_val=yv)
 
 
-def _check_split(where: str, split: str, x: Any, y: Any, model: ir.Model) -> tuple[np.ndarray, np.ndarray]:
+def _check_split(where: str, split: str, x: Any, y: Any, model: ir.Model,
+                 schema: DataSchema | None = None) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         nx = len(x) if x.ndim else 0
@@ -639,18 +648,16 @@ def _check_split(where: str, split: str, x: Any, y: Any, model: ir.Model) -> tup
         raise DataError(f"{where}: {split}x has {nx} examples but {split}y has {ny} labels; they must match")
     if len(x) == 0:
         raise DataError(f"{where}: the {split}data has no examples")
-    x = _shape_inputs(where, split, x, model.input)
+    x = _shape_inputs(where, split, x, model.input, schema)
     return x, _check_labels(where, split, y, model.task)
 
 
-def _shape_inputs(where: str, split: str, x: np.ndarray, inp: ir.Input) -> np.ndarray:
+def _shape_inputs(where: str, split: str, x: np.ndarray, inp: ir.Input, schema: DataSchema | None = None) -> np.ndarray:
     """Reshape ``(N, ...)`` to ``(N, *inp.shape)`` when the value counts agree; uint8 stays uint8."""
     want = tuple(inp.shape)
     found = x.shape[1:]
     if math.prod(found) != math.prod(want):
-        kind = "images of" if inp.kind == "image" else "examples of"
-        raise DataError(f"{where}: the spec expects {split}{kind} shape {_fmt(want)} ({math.prod(want)} values), "
-                        f"found {_fmt(found)} ({math.prod(found)} values) per example")
+        raise DataError(f"{where}: {split}{describe_examples(found, schema)}; {spec_fix(found, inp, schema)}")
     if x.dtype.kind not in "uif" and x.dtype != np.bool_:
         raise DataError(f"{where}: {split}x holds {x.dtype} values; expected numbers")
     if len(want) == 3 and len(found) == 3 and found == (want[1], want[2], want[0]) and found != want:
@@ -661,6 +668,43 @@ def _shape_inputs(where: str, split: str, x: np.ndarray, inp: ir.Input) -> np.nd
             bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1))[0])
             raise DataError(f"{where}: {split}x holds NaN or inf (first in example {bad}); clean the data first")
     return x.reshape((len(x), *want))
+
+
+def _image_layout(found: tuple[int, ...]) -> tuple[tuple[int, int, int], str] | None:
+    """((C, H, W), how stored) when per-example ``found`` looks like images, else None."""
+    if len(found) == 2:
+        return (1, *found), "grey"
+    if len(found) == 3 and found[2] in (1, 3, 4) and found[0] > 4 and found[1] > 4:
+        return (found[2], found[0], found[1]), "channels last"
+    if len(found) == 3 and found[0] in (1, 3, 4):
+        return found, "channels first"  # type: ignore[return-value]
+    return None
+
+
+def describe_examples(found: tuple[int, ...], schema: DataSchema | None = None) -> str:
+    """What the data has per example: ``images are 32×32×3 (channels last)``, ``examples have 16 features``."""
+    if schema is not None and schema.kind == "table" and len(found) == 1:
+        return f"the data has {found[0]} features per example ({schema.describe_columns()})"
+    image = _image_layout(found)
+    if image is not None:
+        (c, h, w), how = image
+        dims = "×".join(map(str, found))
+        return f"images are {dims} ({how}; {c * h * w:,} values)"
+    values = math.prod(found)
+    return f"examples have {found[0]} features" if len(found) == 1 else \
+        f"examples have shape {_fmt(found)} ({values:,} values)"
+
+
+def spec_fix(found: tuple[int, ...], inp: ir.Input, schema: DataSchema | None = None) -> str:
+    """``the spec says image[1, 32, 32]: write image[3, 32, 32]`` for data of per-example shape ``found``."""
+    says = f"image[{_dims(inp.shape)}]" if inp.kind == "image" else f"input [{_dims(inp.shape)}]"
+    image = _image_layout(found) if not (schema is not None and schema.kind == "table") else None
+    if image is not None and inp.kind == "image":
+        return f"the spec says {says}: write image[{_dims(image[0])}]"
+    if image is not None:
+        return (f"the spec says {says}: write input image[{_dims(image[0])}] (with flatten before dense layers), "
+                f"or input [{math.prod(found)}]")
+    return f"the spec says {says}: write input [{math.prod(found)}]"
 
 
 def _check_labels(where: str, split: str, y: np.ndarray, task: ir.Task) -> np.ndarray:
@@ -680,10 +724,36 @@ def _check_labels(where: str, split: str, y: np.ndarray, task: ir.Task) -> np.nd
     y = y.astype(np.int64, copy=False)
     bad = (y < 0) | (y >= task.classes)
     if bad.any():
+        from .tables import data_classes
+
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where}: {split}label {y[i]} at example {i} is outside [0, {task.classes}); "
-                        f"the spec has {task.classes} classes")
+        subject = f"the {split.strip()} split" if split else "the data"
+        raise DataError(f"{where}: {data_classes(y, subject=subject)}; the spec says "
+                        f"classes {task.classes} (labels are class indices 0..{task.classes - 1}; label {y[i]} at "
+                        f"example {i})")
     return y
+
+
+def describe_dataset(data: Dataset, model: ir.Model) -> str:
+    """What checked data holds, for ``dnnspec check --data``: its notes, splits, example shape, classes."""
+    x = data.x_train
+    splits = [f"{len(x):,} training"]
+    splits += [f"{len(v):,} {name}" for name, v in (("validation", data.x_val), ("test", data.x_test)) if v is not None]
+    what = f"examples of {_fmt(x.shape[1:])} {x.dtype}"
+    if data.schema is not None and data.schema.kind == "table":
+        what = f"examples of {x.shape[1]} features ({data.schema.describe_columns()})"
+    lines = list(data.notes) + [f"data {data.path or data.name}: {', '.join(splits)} {what}"]
+    task = model.task
+    if task.kind == "classification":
+        names = task.class_names or data.class_names or tuple(str(i) for i in range(task.classes))
+        counts = np.bincount(data.y_train, minlength=task.classes)
+        shown = ", ".join(f"{n} {c:,}" for n, c in list(zip(names, counts))[:12])
+        more = f", ... {task.classes - 12} more" if task.classes > 12 else ""
+        lines.append(f"training examples per class: {shown}{more}")
+    else:
+        lines.append(f"{task.targets} regression target(s) per example")
+    lines.append(f"the data fits the spec {model.path}")
+    return "\n".join(lines)
 
 
 def _check_targets(where: str, split: str, y: np.ndarray, targets: int) -> np.ndarray:
@@ -700,8 +770,7 @@ def _check_targets(where: str, split: str, y: np.ndarray, targets: int) -> np.nd
     return y
 
 
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")" if len(shape) != 1 else f"({shape[0]},)"
+_fmt = fmt_dims
 
 
 __all__ = ["BUILTINS", "FASHION_CLASSES", "Dataset", "blobs", "check_data", "digits", "fashion_mnist",

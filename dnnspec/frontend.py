@@ -6,6 +6,11 @@ file that cannot be read). Options are bound one by one (``Schema.bind_one``) so
 file with five mistakes gets five messages, each with a span and a hint (at most
 ``MAX_ERRORS``). A spec without errors is last checked against the machine's memory
 (:mod:`dnnspec.memory`), so that what ``check`` accepts ``train`` can allocate.
+
+Inside ``layers``, ``repeat`` and ``residual`` blocks are expanded into one list of
+layers in topological order; what each layer reads (the line above, ``from=``, the names
+of ``add``/``concat``, a block's input) is resolved by :mod:`dnnspec.wiring` once the
+default names are known, and every layer but the last must feed a later one.
 """
 
 from __future__ import annotations
@@ -16,14 +21,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import ir, memory
+from . import ir, memory, registry, wiring
+from .dataschema import SOURCE_OPTIONS, source_with
 from .errors import NO_SPAN, Diagnostic, DiagnosticSink, ShapeError, Span, SpecError, UsageError
 from .parser import Arg, Stmt, Value, normalize_text, parse_ast
+from .registry import INIT_OPTION_USERS, LAYERS
 from .schema import (
-    ACTIVATIONS,
     AUGMENT,
-    INIT_OPTION_USERS,
-    LAYERS,
     LOSS,
     MAX_WIDTH,
     OPTIMIZER,
@@ -45,6 +49,7 @@ DATA_SOURCES = ("fashion-mnist", "spirals", "moons", "blobs", "digits")
 TOP_LEVEL = ("network", "data", "input", "normalize", "classes", "targets", "augment", "layers",
              "loss", "optimizer", "schedule", "train")
 BLOCKS = ("augment", "layers")
+BLOCK_HEADS = ("repeat", "residual")  # blocks inside layers (shortcut only inside residual)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
@@ -92,13 +97,6 @@ def read_spec(path: str | Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
 
 
-def render(model: ir.Model) -> str:
-    """The spec written back with every default filled in (see dnnspec.summary.render)."""
-    from .summary import render as _render
-
-    return _render(model)
-
-
 def did_you_mean(word: str, choices: Any, what: str) -> str:
     """A hint: the closest known name, or the list of known names."""
     choices = list(choices)
@@ -115,11 +113,15 @@ def _short(raw: Any) -> str:
 
 
 def _expanded_count(stmts: tuple[Stmt, ...] | list[Stmt]) -> int:
-    """How many layers ``stmts`` hold once repeat blocks are expanded: sum of 1 per layer and
-    count * inner per repeat, without expanding. A repeat whose count is invalid counts once
-    (its own error comes later). Recursion is as deep as the nesting (at most parser.MAX_NESTING)."""
+    """How many layers ``stmts`` hold once repeat blocks are expanded: sum of 1 per layer,
+    count * inner per repeat, and for a residual block its body, its shortcut and its add,
+    without expanding. A repeat whose count is invalid counts once (its own error comes later).
+    Recursion is as deep as the nesting (at most parser.MAX_NESTING)."""
     total = 0
     for s in stmts:
+        if s.head in ("residual", "shortcut") and s.body is not None:
+            total += _expanded_count(s.body) + (s.head == "residual")
+            continue
         if s.head != "repeat" or s.body is None:
             total += 1
             continue
@@ -147,11 +149,13 @@ def _name_span(arg: Arg) -> Span:
 
 @dataclasses.dataclass
 class _Item:
-    """A layer as declared: its decl, whether all required options bound, its statement."""
+    """A layer as declared: its decl, whether all required options bound, its statement, and what it
+    reads (dnnspec.wiring; empty: the line above)."""
 
     decl: ir.LayerDecl
     ok: bool
     stmt: Stmt
+    refs: wiring.Refs = ()
 
 
 class _Builder:
@@ -228,7 +232,7 @@ class _Builder:
         return found
 
     def _unknown_top(self, s: Stmt) -> None:
-        if s.head in LAYERS or s.head == "repeat":
+        if s.head in LAYERS or s.head in BLOCK_HEADS or s.head == "shortcut":
             self.error(f"layer '{s.head}' outside the layers block", s.head_span,
                        "put layers inside: layers { ... }")
         elif s.head in AUGMENT:
@@ -336,21 +340,69 @@ class _Builder:
         return v.raw
 
     def _data(self, s: Stmt | None) -> tuple[str | None, Span]:
+        """``data SOURCE [label=NAME] [resize=fit|crop|pad]``; options join the source: ``wine.csv:label=quality``."""
         if s is None:
             return None, NO_SPAN
-        v = self._single(s, "a data source", 'data fashion-mnist  or  data "path/to/file.npz"')
-        if v is None:
+        example = 'data fashion-mnist  or  data "wine.csv" label=quality  or  data "photos/" resize=fit'
+        pos = s.positional
+        if not pos:
+            self.error("'data' needs a data source", s.head_span, f"write: {example}")
             return None, s.span
+        if len(pos) > 1:
+            self.error(f"'data' takes one source, found {len(pos)}", pos[1].span, f"write: {example}")
+        v = pos[0]
+        source = None
         if v.kind == "string" and v.raw:
-            return v.raw, v.span
-        if v.kind == "name" and v.raw in DATA_SOURCES:
-            return v.raw, v.span
-        if v.kind == "name":
+            source = v.raw
+        elif v.kind == "name" and v.raw in DATA_SOURCES:
+            source = v.raw
+        elif v.kind == "name":
             self.error(f"unknown data source '{v.raw}'", v.span,
                        did_you_mean(v.raw, DATA_SOURCES, "sources") + '; or quote a file path: data "file.npz"')
         else:
             self.error("data needs a source name or a quoted file path", v.span, 'for example: data "train.npz"')
-        return None, v.span
+        options = self._data_options(s.named, source)
+        return (source_with(source, options) if source else None), v.span
+
+    def _data_options(self, named: list[Arg], source: str | None) -> dict[str, str]:
+        """Check ``label=`` (CSV tables) and ``resize=`` (image folders) against the kind of source."""
+        lower = (source or "").lower()
+        kind = "csv" if lower.endswith((".csv", ".csv.gz")) else "file" if lower.endswith(".npz") else "folder"
+        kind = "builtin" if source in DATA_SOURCES else kind
+        found: dict[str, str] = {}
+        for a in named:
+            if a.name not in SOURCE_OPTIONS:
+                self.error(f"unknown option '{a.name}' for data", _name_span(a),
+                           did_you_mean(a.name, list(SOURCE_OPTIONS), "options of data"))
+                continue
+            if a.name in found:
+                self.error(f"option '{a.name}' of data is given twice", _name_span(a), "keep one of them")
+                continue
+            applies, choices = SOURCE_OPTIONS[a.name]
+            if source is not None and kind != applies:
+                what = {"csv": "a .csv table", "folder": "an image folder"}[applies]
+                self.error(f"{a.name}= applies to {what}, not to {source}", _name_span(a), "remove it")
+                continue
+            value = self._data_value(a, choices)
+            if value is not None:
+                found[a.name] = value
+        return found
+
+    def _data_value(self, a: Arg, choices: tuple[str, ...] | None) -> str | None:
+        v = a.value
+        items = v.raw if v.kind == "list" else [v.raw]
+        if choices is not None:
+            if v.kind != "name" or v.raw not in choices:
+                self.error(f"{a.name}={describe_value(v.raw)} is not one of {', '.join(choices)}", v.span,
+                           did_you_mean(str(v.raw), choices, "values"))
+                return None
+            return v.raw
+        texts = [str(x) for x in items if isinstance(x, (str, int)) and not isinstance(x, bool)]
+        if len(texts) != len(items) or not texts or not all(texts) or any(c in t for t in texts for c in ",:"):
+            self.error(f"{a.name}= needs a column name or index, found {describe_value(v.raw)}", v.span,
+                       'for example: label=quality  or  label="wine quality"  or  label=[t1, t2]')
+            return None
+        return ",".join(texts)
 
     def _input(self, s: Stmt | None) -> ir.Input | None:
         if s is None:
@@ -601,7 +653,8 @@ class _Builder:
                 self.error("the layers block is empty", s.head_span, "add at least one layer, like: dense 10")
             return None
         self._check_names(items)
-        self._check_softmax(items)
+        self._check_last_only(items)
+        self._wire(items)
         ok_prefix = []
         for it in items:
             if not it.ok:
@@ -615,13 +668,41 @@ class _Builder:
         layers = ir.build_layers(inp.shape, ok_prefix, on_error=self._shape_error)
         if len(self.sink.items) > n_errors:
             self.layers_reliable = False
+        elif len(layers) == len(items):
+            self._check_used(layers)
         return layers
+
+    def _wire(self, items: list[_Item]) -> None:
+        """Resolve what each layer reads (dnnspec.wiring) into ``decl.inputs``; an item with a wrong name is not ok."""
+        names = ir.default_names([it.decl for it in items])
+        found = wiring.resolve([it.refs for it in items], names, [it.decl.span for it in items], self.error)
+        for it, got in zip(items, found):
+            if got is None:
+                it.ok = False
+            else:
+                it.decl.inputs, it.decl.input_spans = got
+
+    def _check_used(self, layers: tuple[ir.Layer, ...]) -> None:
+        """Every layer but the last (the network's output) feeds a later one."""
+        names = [layer.name for layer in layers]
+        for i in wiring.unused(names, [layer.inputs for layer in layers]):
+            name = names[i]
+            self.error(f"the output of layer '{name}' is not used: no later layer reads it", layers[i].span,
+                       f"feed it to a later layer (from={name}, or add/concat {name}, ...), or remove it")
 
     def _shape_error(self, decl: ir.LayerDecl, e: ShapeError) -> None:
         """Report the first shape error only: later ones follow from the shape passed through."""
         if self.shape_error_seen:
             return
         self.shape_error_seen = True
+        if isinstance(e, registry.InputMismatch) and decl.block in ("residual", "projection"):
+            message, hint = wiring.residual_mismatch(e.shapes[0], e.shapes[1], decl.inputs[1],
+                                                     decl.block == "projection")
+            self.error(message, decl.span, hint)
+            return
+        if isinstance(e, registry.InputMismatch) and e.second < len(decl.input_spans):
+            self.error(e.message, decl.input_spans[e.second], e.hint)
+            return
         span = decl.option_spans.get(e.option or "", decl.span)
         self.error(e.message, span, e.hint)
 
@@ -630,32 +711,82 @@ class _Builder:
         for s in stmts:
             if s.head == "repeat":
                 items.extend(self._repeat(s))
+            elif s.head == "residual":
+                items.extend(self._residual(s))
+            elif s.head == "shortcut":
+                self.error("'shortcut' belongs inside a residual block", s.head_span,
+                           "write: residual { ... shortcut { conv2d 64 kernel=1 stride=2 } }")
             elif s.head in LAYERS:
                 items.append(self._layer(s))
             elif s.head in TOP_LEVEL:
                 self.error(f"'{s.head}' is a top-level statement, not a layer", s.head_span,
                            "move it out of the layers block")
             else:
-                close = difflib.get_close_matches(s.head, [*LAYERS, "repeat"], n=1, cutoff=0.6)
-                what = "activation" if close and close[0] in ACTIVATIONS else "layer"
+                close = difflib.get_close_matches(s.head, [*LAYERS, *BLOCK_HEADS], n=1, cutoff=0.6)
+                what = "activation" if close and close[0] in registry.activations() else "layer"
                 self.error(f"unknown {what} '{s.head}'", s.head_span,
-                           did_you_mean(s.head, [*LAYERS, "repeat"], "layers"))
+                           did_you_mean(s.head, [*LAYERS, *BLOCK_HEADS], "layers"))
                 items.append(_Item(ir.LayerDecl(s.head, {}, set(), s.span), False, s))
         return items
 
     def _layer(self, s: Stmt) -> _Item:
         if s.body is not None:
-            self.error(f"layer '{s.head}' takes no block", s.head_span, "only 'repeat' has a block inside layers")
-        values, explicit, ok = self.bind(LAYERS[s.head], s.head, s.positional, s.named, s.head_span)
-        spans = {o: v.span for o, v in zip(LAYERS[s.head].positional, s.positional)}
-        spans.update({a.name: a.value.span for a in s.named})
-        if s.head in ir.WEIGHTED:
+            self.error(f"layer '{s.head}' takes no block", s.head_span,
+                       "only 'repeat', 'residual' and 'shortcut' have blocks inside layers")
+        many = registry.takes_many(s.head)
+        refs, named = self._from(s, many)
+        positional = [] if many else s.positional
+        if many and refs is not None:
+            refs = self._joined(s)
+        values, explicit, ok = self.bind(LAYERS[s.head], s.head, positional, named, s.head_span)
+        spans = {o: v.span for o, v in zip(LAYERS[s.head].positional, positional)}
+        spans.update({a.name: a.value.span for a in named})
+        if registry.is_weighted(s.head):
             self._init_options_used(values, explicit, spans)
-        if values.get("name") is not None and not NAME_RE.fullmatch(values["name"]):
-            self.error(f"layer name {values['name']!r} is not a plain name", spans.get("name", s.span),
+        values["name"] = self._layer_name(values.get("name"), spans.get("name", s.span))
+        return _Item(ir.LayerDecl(s.head, values, explicit, s.span, spans), ok and refs is not None, s, refs or ())
+
+    def _layer_name(self, name: str | None, span: Span) -> str | None:
+        """A ``name=`` that is a plain name and not ``input`` (which names the network's input), else None."""
+        if name is not None and not NAME_RE.fullmatch(name):
+            self.error(f"layer name {name!r} is not a plain name", span,
                        "use letters, digits, '_' and '-' (parameters are named <layer>.kernel)")
-            values["name"] = None
-        return _Item(ir.LayerDecl(s.head, values, explicit, s.span, spans), ok, s)
+            return None
+        if name == ir.INPUT:
+            self.error("'input' names the network's input, not a layer", span, "choose another layer name")
+            return None
+        return name
+
+    def _from(self, s: Stmt, many: bool) -> tuple[wiring.Refs | None, list[Arg]]:
+        """``from=NAME``: what the statement reads instead of the line above (None: a wrong from=);
+        and its other options."""
+        refs: wiring.Refs | None = ()
+        for k, a in enumerate(a for a in s.named if a.name == "from"):
+            if many or k:
+                hint = f"write the layers {s.head} joins as its values: {s.head} a, b" if many else "keep one of them"
+                self.error(f"{s.head} takes no from=" if many else "option 'from' is given twice", _name_span(a), hint)
+                refs = None
+            elif isinstance(a.value.raw, str) and a.value.kind in ("name", "string"):
+                refs = (wiring.Ref(a.value.raw, span=a.value.span),)
+            else:
+                self.error(f"from= needs a layer name, found {_short(a.value.raw)}", a.value.span,
+                           "write: from=conv1  (an earlier layer's name, or input)")
+                refs = None
+        return refs, [a for a in s.named if a.name != "from"]
+
+    def _joined(self, s: Stmt) -> wiring.Refs | None:
+        """The layers ``add a, b, ...`` / ``concat a, b, ...`` names as its values (two or more), or None."""
+        pos = s.positional
+        bad = [v for v in pos if v.kind not in ("name", "string") or not isinstance(v.raw, str)]
+        if bad:
+            self.error(f"{s.head} joins layers by name, found {_short(bad[0].raw)}", bad[0].span,
+                       f"write: {s.head} conv1, relu2  (earlier layers' names)")
+            return None
+        if len(pos) < 2:
+            self.error(f"{s.head} needs at least two layers to join, found {len(pos)}",
+                       pos[0].span if pos else s.head_span, f"write: {s.head} conv1, relu2  (earlier layers' names)")
+            return None
+        return tuple(wiring.Ref(v.raw, span=v.span) for v in pos)
 
     def _init_options_used(self, values: dict[str, Any], explicit: set[str], spans: dict[str, Span]) -> None:
         """std, limit and fan given only where the init reads them (else they would do nothing,
@@ -682,16 +813,70 @@ class _Builder:
         inner = self._items(s.body)
         if n is None:
             return [dataclasses.replace(it, ok=False) for it in inner[:1]]
-        return [self._suffixed(it, f"_{i}") for i in range(1, n + 1) for it in inner]
+        declared = {it.decl.options["name"] for it in inner if it.decl.options.get("name")}
+        return [self._suffixed(it, f"_{i}", declared) for i in range(1, n + 1) for it in inner]
 
     @staticmethod
-    def _suffixed(it: _Item, suffix: str) -> _Item:
+    def _suffixed(it: _Item, suffix: str, declared: set[str]) -> _Item:
+        """A repeat copy of ``it``: its name and the names it reads that the repeated block declares get ``suffix``."""
         name = it.decl.options.get("name")
         opts = dict(it.decl.options)
         if name is not None:
             opts["name"] = name + suffix
         decl = dataclasses.replace(it.decl, options=opts, explicit=set(it.decl.explicit))
-        return dataclasses.replace(it, decl=decl)
+        return dataclasses.replace(it, decl=decl, refs=wiring.suffixed(it.refs, declared, suffix))
+
+    def _residual(self, s: Stmt) -> list[_Item]:
+        """``residual { body [shortcut { ... }] }`` -> the body's layers, the shortcut's, and their ``add``.
+
+        y = body(x) + x, or body(x) + shortcut(x); x is the line above the block (or its
+        ``from=``). The ``add`` takes the block's ``name=`` and points its errors at ``residual``.
+        """
+        refs, named = self._from(s, False)
+        for v in s.positional:
+            self.error("'residual' takes no values", v.span, "write: residual { ... }  (options: name=, from=)")
+        values, explicit, _ = self.bind(LAYERS["add"], "residual", [], named, s.head_span)
+        values["name"] = self._layer_name(values.get("name"), s.head_span)
+        if s.body is None:
+            self.error("'residual' needs a block", s.head_span,
+                       "write: residual { conv2d 32 kernel=3 padding=same ... }  (y = body(x) + x)")
+            return []
+        shortcuts = [b for b in s.body if b.head == "shortcut"]
+        for extra in shortcuts[1:]:
+            self.error("a residual block has one shortcut", extra.head_span, "merge the shortcut blocks into one")
+        body = self._items([b for b in s.body if b.head != "shortcut"])
+        side = self._shortcut(shortcuts[0]) if shortcuts else []
+        if not body:
+            if not self.sink:
+                self.error("the residual block has no layers", s.head_span,
+                           "add the layers of its body, like: conv2d 32 kernel=3 padding=same")
+            return []
+        if refs is None:
+            return []
+        start = refs[0] if refs else None
+        items = self._entered(body, 0, start) + self._entered(side, len(body), start)
+        identity = start or wiring.Ref(None, len(body) + 1, s.head_span)
+        joined = (wiring.Ref(None, len(side) + 1, s.head_span),
+                  wiring.Ref(None, 1, s.head_span) if side else identity)
+        decl = ir.LayerDecl("add", values, explicit, s.head_span, {}, block="projection" if side else "residual")
+        return [*items, _Item(decl, all(it.ok for it in items), s, joined)]
+
+    def _shortcut(self, s: Stmt) -> list[_Item]:
+        for a in s.args:
+            self.error("'shortcut' takes no values or options", a.span, "write: shortcut { conv2d 64 kernel=1 }")
+        if s.body is None:
+            self.error("'shortcut' needs a block", s.head_span, "write: shortcut { conv2d 64 kernel=1 stride=2 }")
+            return []
+        side = self._items(s.body)
+        if not side and not self.sink:
+            self.error("the shortcut block has no layers", s.head_span,
+                       "remove it for the identity shortcut, or add its layers: conv2d 64 kernel=1")
+        return side
+
+    @staticmethod
+    def _entered(items: list[_Item], offset: int, start: wiring.Ref | None) -> list[_Item]:
+        refs = wiring.enter([it.refs for it in items], offset, start)
+        return [it if it.refs == r else dataclasses.replace(it, refs=r) for it, r in zip(items, refs)]
 
     def _check_names(self, items: list[_Item]) -> None:
         names = ir.default_names([it.decl for it in items])
@@ -707,11 +892,13 @@ class _Builder:
             else:
                 first[name] = it
 
-    def _check_softmax(self, items: list[_Item]) -> None:
+    def _check_last_only(self, items: list[_Item]) -> None:
+        """Kinds allowed only as the last layer (registry ``last_only``: softmax) are last."""
         for it in items[:-1]:
-            if it.decl.kind == "softmax":
-                self.error("softmax must be the last layer", it.stmt.head_span,
-                           "the losses expect softmax only at the output; use another activation here")
+            kind = registry.KINDS.get(it.decl.kind)
+            if kind is not None and kind.last_only:
+                self.error(f"{kind.name} must be the last layer", it.stmt.head_span,
+                           f"the losses expect {kind.name} only at the output; use another activation here")
 
     # --- output checks ----------------------------------------------------------------
 
@@ -730,7 +917,7 @@ class _Builder:
 
     def _width_error(self, layers: tuple[ir.Layer, ...], got: int, want: int, task: ir.Task,
                      loss: ir.Step) -> None:
-        weighted = [layer for layer in layers if layer.kind in ir.WEIGHTED]
+        weighted = [layer for layer in layers if registry.is_weighted(layer.kind)]
         span = weighted[-1].span if weighted else layers[-1].span
         if loss.kind == "binary_cross_entropy":
             why = "binary_cross_entropy with 2 classes needs 1 output (the probability of the second class)"
@@ -742,13 +929,13 @@ class _Builder:
                    f"make the last dense layer 'dense {want}'")
 
     def _check_final_activation(self, last: ir.Layer, loss: ir.Step, found: dict[str, Stmt]) -> None:
-        kind = last.kind
-        if loss.kind == "cross_entropy" and kind != "softmax":
-            self.error(f"cross_entropy needs the network to end with softmax, but it ends with {kind}", last.span,
-                       "add 'softmax' as the last layer (the engine fuses it with the loss)")
-        elif loss.kind == "binary_cross_entropy" and kind != "sigmoid":
-            self.error(f"binary_cross_entropy needs the network to end with sigmoid, but it ends with {kind}",
-                       last.span, "add 'sigmoid' as the last layer (the engine fuses it with the loss)")
-        elif loss.kind == "mse" and kind == "softmax":
-            self.error("mse must not follow softmax: regression outputs are not probabilities", last.span,
-                       "remove the final softmax (or use 'loss cross_entropy' with 'classes N')")
+        """A loss with a head kind (registry ``head``: softmax for cross_entropy) needs it last; a
+        ``last_only`` kind (softmax) ends only a network trained with its own loss."""
+        kind, head = last.kind, registry.head_for(loss.kind)
+        own = registry.KINDS[kind].head if kind in registry.KINDS else None
+        if head is not None and kind != head:
+            self.error(f"{loss.kind} needs the network to end with {head}, but it ends with {kind}", last.span,
+                       f"add '{head}' as the last layer (the engine fuses it with the loss)")
+        elif head is None and kind in registry.KINDS and registry.KINDS[kind].last_only:
+            self.error(f"{loss.kind} must not follow {kind}: regression outputs are not probabilities", last.span,
+                       f"remove the final {kind} (or use 'loss {own}' with 'classes N')")

@@ -22,22 +22,35 @@ leaky_relu  alpha (learn=true)           (1,) per=layer, (C,) or (F,) per=channe
 elu         alpha (learn=true)           as leaky_relu
 =========== ============================ ======================================
 
+Graphs: every layer names its inputs (``Layer.inputs``: the producing layers' names,
+``"input"`` for the model's input; a chain's layer reads the line above), and
+``Model.layers`` is in topological order (every input is produced earlier), ending with
+the network's output. ``add`` and ``concat`` read two or more inputs; every other kind
+one. A Layer or Model built without ``inputs`` is a chain: :class:`Model` links each
+such layer to the one before it.
+
 :func:`build_layers` is the one place that names layers, infers shapes, resolves the
-default init and lists parameters; the front end calls it, and tests may call it
-directly to make an IR without text.
+default init and lists parameters, each by the rules of the layer's kind in
+:mod:`dnnspec.registry`; the front end calls it, and tests may call it directly to make
+an IR without text. :class:`ParamSpec` is defined beside those rules (the registry) and
+is the same class here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from .errors import NO_SPAN, Span
-from .schema import NAME_PREFIX
+from . import registry
+from .errors import NO_SPAN, ShapeError, Span
+from .registry import ParamSpec
+from .schema import OPTIMIZER, SCHEDULE, STATEMENTS
 
 FORMAT_VERSION = 1
+#: The name by which layers read the model's input (``from=input``); no layer may take it.
+INPUT = "input"
 
 
 class FrozenDict(Mapping):
@@ -75,36 +88,14 @@ def _hashable(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ParamSpec:
-    """One parameter array of a layer: its full name, shape, init and fans.
-
-    ``init`` is one of schema.INITS without ``auto`` (plus ``ones`` and ``zeros`` for
-    biases, gamma, beta and running statistics; ``const`` for learned alphas, whose
-    value is ``value``). ``fan_in``/``fan_out`` count the receptive field for convs.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    init: str
-    fan: str = "avg"
-    fan_in: int = 0
-    fan_out: int = 0
-    trainable: bool = True
-    value: float = 0.0
-    std: float = 0.01
-    limit: float = 0.05
-
-    @property
-    def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
 class Layer:
-    """One layer: kind (a key of schema.LAYERS), options with defaults filled, shapes, params."""
+    """One layer: kind (a key of dnnspec.registry.KINDS), options with defaults filled, shapes, params.
+
+    ``inputs``: the names of the layers it reads (``"input"`` for the model's input), one
+    for every kind but ``add``/``concat``; empty in a Layer made by hand, which
+    :class:`Model` links to the layer before it. ``in_shapes``: their shapes, in order;
+    ``in_shape`` is the first (the only one of a one-input kind).
+    """
 
     name: str
     kind: str
@@ -115,6 +106,12 @@ class Layer:
     span: Span = NO_SPAN
     explicit: frozenset[str] = frozenset()
     flops: int = 0
+    inputs: tuple[str, ...] = ()
+    in_shapes: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.in_shapes:
+            object.__setattr__(self, "in_shapes", (tuple(self.in_shape),))
 
     def param(self, local: str) -> ParamSpec:
         """The ParamSpec named ``<layer>.<local>``."""
@@ -195,9 +192,42 @@ class Model:
     path: str = "<string>"
     span: Span = NO_SPAN
 
+    def __post_init__(self) -> None:
+        if any(not layer.inputs for layer in self.layers):  # made by hand, or read from an older file
+            object.__setattr__(self, "layers", _linked(self.layers))
+
+    @property
+    def is_chain(self) -> bool:
+        """True when every layer reads the one before it (the first: the input), as every spec without
+        ``from=``, ``residual``, ``add`` or ``concat``."""
+        return all(layer.inputs == (prev,) for layer, prev in zip(self.layers, (INPUT, *self.layer_names)))
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    @property
+    def consumers(self) -> dict[str, tuple[str, ...]]:
+        """Name -> the layers that read its output, in order (``"input"`` included; the last layer reads none).
+        A layer reading one output twice (``add a, a``) is listed twice."""
+        readers: dict[str, list[str]] = {INPUT: [], **{layer.name: [] for layer in self.layers}}
+        for layer in self.layers:
+            for name in layer.inputs:
+                readers.setdefault(name, []).append(layer.name)
+        return {name: tuple(r) for name, r in readers.items()}
+
     @property
     def params(self) -> tuple[ParamSpec, ...]:
         return tuple(p for layer in self.layers for p in layer.params)
+
+    @property
+    def arrays(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every array a network of this model holds (``Net.params``, checkpoints, export):
+        each parameter, then ``input.mean`` and ``input.std`` ((C,) or (F,)) when the input is normalised."""
+        shapes = {p.name: p.shape for p in self.params}
+        if self.normalize.mode != "none":
+            shapes.update({"input.mean": self.input.shape[:1], "input.std": self.input.shape[:1]})
+        return shapes
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -214,6 +244,17 @@ class Model:
         d = _jsonable(self)
         d.pop("source", None)
         return json.dumps(d, indent=indent)
+
+
+def _linked(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """``layers`` with every layer that names no inputs reading the one before it (the first: the input)."""
+    out, prev = [], INPUT
+    for layer in layers:
+        if not layer.inputs:
+            layer = replace(layer, inputs=(prev,))
+        out.append(layer)
+        prev = layer.name
+    return tuple(out)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -234,34 +275,57 @@ def _jsonable(obj: Any) -> Any:
 
 @dataclass
 class LayerDecl:
-    """A layer as written, options already bound by schema.LAYERS[kind].bind."""
+    """A layer as written, options already bound by schema.LAYERS[kind].bind.
+
+    ``inputs``: the names of the layers it reads (``"input"``: the model's input), resolved
+    by the front end; empty: the layer before it. ``input_spans``: where each was written
+    (for messages). ``block``: ``"residual"`` for the ``add`` that closes a residual block.
+    """
 
     kind: str
     options: dict[str, Any]
     explicit: set[str] = field(default_factory=set)
     span: Span = NO_SPAN
     option_spans: dict[str, Span] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    input_spans: tuple[Span, ...] = ()
+    block: str = ""
 
 
-WEIGHTED = ("dense", "conv2d")
-RELU_FAMILY = ("relu", "leaky_relu", "elu", "softplus")
-XAVIER_FAMILY = ("sigmoid", "tanh", "softmax")
-TRANSPARENT = ("batchnorm", "dropout", "flatten", "maxpool", "avgpool", "global_avgpool")
+def inputs_of(decls: list[LayerDecl], names: list[str], i: int) -> tuple[str, ...]:
+    """The names ``decls[i]`` reads: its own ``inputs``, else the layer before it (the first: ``"input"``)."""
+    return decls[i].inputs or ((names[i - 1] if i else INPUT),)
 
 
-def default_init(decls: list[LayerDecl], i: int) -> str:
+def first_consumers(decls: list[LayerDecl], names: list[str]) -> list[int | None]:
+    """For each layer, the index of the first later layer that reads its output (None: no layer does)."""
+    index = {name: i for i, name in enumerate(names)}
+    first: list[int | None] = [None] * len(decls)
+    for j in range(len(decls)):
+        for name in inputs_of(decls, names, j):
+            i = index.get(name)
+            if i is not None and i < j and first[i] is None:
+                first[i] = j
+    return first
+
+
+def default_init(decls: list[LayerDecl], i: int, consumer: list[int | None] | None = None) -> str:
     """The init a weighted layer gets when none is written: look at the next activation.
 
-    He (normal) before the ReLU family, Xavier (normal) before sigmoid/tanh/softmax or
-    when no activation follows (a linear output).
+    The next activation's ``init_before`` (He (normal) before the ReLU family, Xavier
+    (normal) before sigmoid/tanh/softmax), looking through the layers of role ``other``
+    (batch norm, pools, ``add``, ...); Xavier when a weighted layer or the end comes first
+    (a linear output). "Next" follows the layer's output: ``consumer[i]`` is the first
+    layer that reads it (:func:`first_consumers`); without it, the next line (a chain).
     """
-    for d in decls[i + 1:]:
-        if d.kind in RELU_FAMILY:
-            return "he_normal"
-        if d.kind in XAVIER_FAMILY:
-            return "xavier_normal"
-        if d.kind in WEIGHTED:
+    j = consumer[i] if consumer is not None else (i + 1 if i + 1 < len(decls) else None)
+    while j is not None:
+        kind = registry.KINDS.get(decls[j].kind)
+        if kind is None or kind.role == registry.WEIGHTED:
             break
+        if kind.init_before:
+            return kind.init_before
+        j = consumer[j] if consumer is not None else (j + 1 if j + 1 < len(decls) else None)
     return "xavier_normal"
 
 
@@ -270,56 +334,67 @@ def default_fan(init: str) -> str:
 
 
 def default_names(decls: list[LayerDecl]) -> list[str]:
-    """``<prefix><n>`` per kind, counting from 1, for layers without ``name=``."""
+    """``<prefix><n>`` per kind prefix (registry), counting from 1, for layers without ``name=``."""
     counts: dict[str, int] = {}
     names = []
     for d in decls:
-        prefix = NAME_PREFIX.get(d.kind, d.kind)
+        prefix = registry.prefix_of(d.kind)
         counts[prefix] = counts.get(prefix, 0) + 1
         names.append(d.options.get("name") or f"{prefix}{counts[prefix]}")
     return names
 
 
+def _complete(decls: list[LayerDecl], i: int, kind: registry.LayerKind, name: str,
+              consumer: list[int | None]) -> dict[str, Any]:
+    """The options of ``decls[i]`` with its name, its resolved init and fan, and its kind's derived options."""
+    opts = dict(decls[i].options)
+    opts["name"] = name
+    if kind.role == registry.WEIGHTED:
+        if opts.get("init", "auto") == "auto":
+            opts["init"] = default_init(decls, i, consumer)
+        if opts.get("fan", "auto") == "auto":
+            opts["fan"] = default_fan(opts["init"])
+    if kind.complete is not None:
+        kind.complete(opts)
+    return opts
+
+
 def build_layers(
     in_shape: tuple[int, ...], decls: list[LayerDecl], on_error: Any = None
 ) -> tuple[Layer, ...]:
-    """Name layers, infer shapes, resolve inits, list parameters and FLOPs.
+    """Name layers, link them to their inputs, infer shapes, resolve inits, list parameters and FLOPs
+    (the kinds' registry rules). ``decls`` are in topological order: every input is produced earlier.
 
     ``on_error(decl, ShapeError)`` is called for each shape error (the front end turns
-    it into a Diagnostic) and the walk goes on with the input shape passed through;
-    without ``on_error`` the first ShapeError is raised.
+    it into a Diagnostic) and the walk goes on with the (first) input shape passed
+    through; without ``on_error`` the first ShapeError is raised. An input name that no
+    earlier layer has is a ValueError (the front end reports those before).
     """
-    from . import shapes
-    from .errors import ShapeError
-
     names = default_names(decls)
+    consumer = first_consumers(decls, names)
+    shapes: dict[str, tuple[int, ...]] = {INPUT: tuple(in_shape)}
     layers = []
-    shape = tuple(in_shape)
     for i, (d, name) in enumerate(zip(decls, names)):
-        opts = dict(d.options)
-        opts["name"] = name
-        if d.kind in WEIGHTED:
-            if opts.get("init", "auto") == "auto":
-                opts["init"] = default_init(decls, i)
-            if opts.get("fan", "auto") == "auto":
-                opts["fan"] = default_fan(opts["init"])
-        if d.kind in ("maxpool", "avgpool") and opts.get("stride") is None:
-            opts["stride"] = opts["kernel"]
+        kind = registry.KINDS[d.kind]
+        opts = _complete(decls, i, kind, name, consumer)
+        inputs = inputs_of(decls, names, i)
+        missing = [n for n in inputs if n not in shapes]
+        if missing:
+            raise ValueError(f"layer {name} reads {missing[0]!r}, which no earlier layer is")
+        ins = [shapes[n] for n in inputs]
         try:
-            out = shapes.out_shape(d.kind, opts, shape)
+            out = tuple(kind.shape(opts, ins))
+            params, flops = tuple(kind.params(name, opts, ins, out)), int(kind.flops(opts, ins, out))
         except ShapeError as e:
+            if isinstance(e, registry.InputMismatch):
+                e.named(inputs)
             if on_error is None:
                 raise
             on_error(d, e)
-            out = shape
-            layers.append(Layer(name, d.kind, FrozenDict(opts), shape, out, (), d.span,
-                                frozenset(d.explicit), 0))
-            continue
-        params = shapes.param_specs(d.kind, name, opts, shape, out)
-        flops = shapes.flops(d.kind, opts, shape, out)
-        layers.append(Layer(name, d.kind, FrozenDict(opts), shape, out, params, d.span,
-                            frozenset(d.explicit), flops))
-        shape = out
+            out, params, flops = ins[0], (), 0
+        layers.append(Layer(name, d.kind, FrozenDict(opts), ins[0], out, params, d.span, frozenset(d.explicit),
+                            flops, tuple(inputs), tuple(ins)))
+        shapes[name] = out
     return tuple(layers)
 
 
@@ -336,14 +411,16 @@ def model_from_layers(
 ) -> Model:
     """A Model built in code, for tests and the Python API: ``[("dense", {"units": 10}), ...]``.
 
-    Options not given take their schema defaults.
+    Options not given take their schema defaults. Graphs: ``"from": NAME`` reads another
+    layer than the one before (``"input"``: the model's input), ``("add", {"inputs": [NAME,
+    NAME]})`` joins named layers; names are ``name=`` or the defaults (``dense1``).
     """
-    from .schema import LAYERS, OPTIMIZER, SCHEDULE, STATEMENTS
-
     decls = []
     for kind, opts in layers:
-        values, explicit = LAYERS[kind].bind([], dict(opts))
-        decls.append(LayerDecl(kind, values, explicit))
+        opts = dict(opts)
+        inputs = opts.pop("inputs", None) or ([opts.pop("from")] if "from" in opts else [])
+        values, explicit = registry.LAYERS[kind].bind([], opts)
+        decls.append(LayerDecl(kind, values, explicit, inputs=tuple(inputs)))
     built = build_layers(tuple(in_shape), decls)
     out_width = built[-1].out_shape[-1] if built else in_shape[-1]
     if loss == "mse":
@@ -368,6 +445,7 @@ def model_from_layers(
 
 
 __all__ = [
-    "FORMAT_VERSION", "FrozenDict", "Input", "Layer", "LayerDecl", "Model", "Normalize",
-    "ParamSpec", "Step", "Task", "asdict", "build_layers", "model_from_layers",
+    "FORMAT_VERSION", "INPUT", "FrozenDict", "Input", "Layer", "LayerDecl", "Model", "Normalize",
+    "ParamSpec", "Step", "Task", "asdict", "build_layers", "default_names", "first_consumers", "inputs_of",
+    "model_from_layers",
 ]

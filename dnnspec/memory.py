@@ -15,9 +15,11 @@ estimate follows what the engine keeps (float32, 4 bytes an element), with ``N``
 
 ``forward_l`` counts the per-example elements of the scratch arrays a layer's forward
 pass keeps (its output, a conv's im2col matrix and padded input, batch norm's centred
-input, ...) and ``backward_l`` those of its backward pass (its input gradient, masks);
+input, ...) and ``backward_l`` those of its backward pass (its input gradient, masks),
+as the ``scratch`` rule of the layer's kind in :mod:`dnnspec.registry` gives them;
 each op keeps its arrays between steps, so they add up over the layers rather than
-overlap. It is an estimate, within about a factor of two of the peak; the data set
+overlap. In a graph, an output read by several layers adds one array for the sum of
+their gradients. It is an estimate, within about a factor of two of the peak; the data set
 itself is not counted (``check`` does not know it).
 
 Evaluation passes (validation, test) run ``EVAL_BATCH`` rows at a time, or fewer where
@@ -38,23 +40,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ir
+from . import ir, registry
 from .errors import NO_SPAN, Diagnostic, Span, UsageError
-from .shapes import conv_pads
 
 BYTES = 4  # float32, the engine's training dtype
 EVAL_BATCH = 2048  # the most rows of one evaluation pass (engine.trainer asks eval_batch)
 FALLBACK_LIMIT = 8 * 2**30
 ENV = "DNNSPEC_MEMORY_LIMIT"
-
-# Per-example scratch elements per output element, (forward, backward), of the simple
-# ops: what each keeps between steps (see dnnspec/engine/ops.py).
-_PER_OUT = {
-    "relu": (1.0, 1.25), "leaky_relu": (3.25, 2.0), "elu": (3.25, 2.0), "softplus": (2.0, 2.0),
-    "sigmoid": (1.0, 1.0), "tanh": (1.0, 1.0), "softmax": (1.0, 1.0), "batchnorm": (2.0, 2.0),
-    "dropout": (2.25, 1.0), "flatten": (0.0, 0.0), "global_avgpool": (1.0, 0.0),
-}
-
 
 @dataclass(frozen=True)
 class Part:
@@ -99,38 +91,11 @@ def _size(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def _window_elements(layer: ir.Layer) -> tuple[int, int]:
-    """(forward, backward) per-example elements of conv2d / maxpool / avgpool.
-
-    conv2d: forward keeps the padded input, cols ``(P, C*kh*kw + 1)`` (P = output pixels)
-    and its output; backward the padded input gradient and dx (dcols reuses cols).
-    Pools: the padded input (or the window-major blocks, as large) and the output;
-    backward the padded input gradient (plus dy for avgpool). Measured against the
-    engine's scratch arrays (tests/test_hardening_frontend.py).
-    """
-    c, h, w = layer.in_shape
-    kh, kw = layer.options["kernel"]
-    top, left, bottom, right = conv_pads(layer.options, h, w)
-    padded = c * (h + top + bottom) * (w + left + right)
-    inp, out = _size(layer.in_shape), _size(layer.out_shape)
-    if layer.kind == "conv2d":
-        cols = (out // layer.out_shape[0]) * (c * kh * kw + 1)
-        return padded + cols + out, padded + inp
-    if layer.kind == "maxpool":
-        return padded + out, padded
-    return padded + out, padded + out  # avgpool
-
-
 def layer_elements(layer: ir.Layer) -> tuple[int, int]:
-    """(forward, backward) scratch elements one example of ``layer`` keeps (see the module doc)."""
-    if layer.kind in ("conv2d", "maxpool", "avgpool") and len(layer.in_shape) == 3:
-        return _window_elements(layer)
-    out, inp = _size(layer.out_shape), _size(layer.in_shape)
-    if layer.kind == "dense":
-        return out, inp
-    fwd, bwd = _PER_OUT.get(layer.kind, (1.0, 1.0))
-    back = inp if layer.kind == "global_avgpool" else math.ceil(bwd * out)
-    return math.ceil(fwd * out), back
+    """(forward, backward) scratch elements one example of ``layer`` keeps: its kind's ``scratch`` rule
+    (dnnspec.registry), which follows what the engine op keeps (see the module doc)."""
+    fwd, bwd = registry.KINDS[layer.kind].scratch(layer.options, list(layer.in_shapes), layer.out_shape)
+    return int(fwd), int(bwd)
 
 
 def _optimizer_copies(model: ir.Model) -> int:
@@ -141,10 +106,13 @@ def _optimizer_copies(model: ir.Model) -> int:
     return 3 + slots.get(model.optimizer.kind, 2) + 2 + int(clipped)
 
 
-def _layer_part(layer: ir.Layer, copies: int, n: int, e: int) -> Part:
+def _layer_part(layer: ir.Layer, copies: int, n: int, e: int, readers: int = 1) -> Part:
+    """A layer's parameters and scratch; an output that ``readers`` > 1 layers read adds the buffer
+    in which the engine sums their gradients (engine/net.py, graphs)."""
     trainable = sum(p.size for p in layer.params if p.trainable)
     frozen = sum(p.size for p in layer.params if not p.trainable)
     fwd, bwd = layer_elements(layer)
+    bwd += _size(layer.out_shape) if readers > 1 else 0
     return Part(layer.name, layer.kind, layer.span, BYTES * (copies * trainable + 2 * frozen),
                 BYTES * (n * bwd + e * fwd))
 
@@ -186,7 +154,8 @@ def estimate(model: ir.Model, batch: int | None = None) -> Estimate:
     e = max(n, eval_batch(model))
     copies = _optimizer_copies(model)
     parts = [Part("input", "input", model.input.span, 0, BYTES * e * 2 * _size(model.input.shape))]
-    parts += [_layer_part(layer, copies, n, e) for layer in model.layers]
+    readers = model.consumers
+    parts += [_layer_part(layer, copies, n, e, len(readers[layer.name])) for layer in model.layers]
     aug = _augment_part(model, n)
     if aug is not None:
         parts.append(aug)

@@ -66,7 +66,7 @@ def read_marks(run_dir: str | os.PathLike) -> dict[str, Any]:
     import json
 
     from .checkpoint import read_meta
-    from .engine.trainer import CHECKPOINT
+    from .history import CHECKPOINT
 
     run, marks = Path(run_dir), {}
     try:
@@ -115,7 +115,7 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, str]]:
 def _checkpoint_rows(run: Path) -> list[dict[str, str]] | None:
     """The history rows inside ``run/checkpoint.npz`` formatted as in history.csv; None without a readable one."""
     from .checkpoint import read_meta
-    from .engine.trainer import CHECKPOINT, History
+    from .history import CHECKPOINT, History
 
     if not (run / CHECKPOINT).is_file():
         return None

@@ -1,9 +1,11 @@
-"""The option schema of the .dnn language: every statement, layer and augmentation op.
+"""The option schema of the .dnn language: the option types, and every statement and augmentation op.
 
-The grammar only knows generic ``name=value`` pairs and positional values; this table
-says which options exist, their types, defaults and valid ranges. The front end checks
-parsed values against it (``Schema.bind``), ``docs/language.md`` documents it, and
-``dnnspec check --render`` prints specs back from it. One place, one truth.
+The grammar only knows generic ``name=value`` pairs and positional values; these tables
+say which options exist, their types, defaults and valid ranges. The front end checks
+parsed values against them (``Schema.bind``), ``docs/language.md`` documents them, and
+``dnnspec check --render`` prints specs back from them. One place, one truth. The layer
+kinds' schemas are part of their entries in :mod:`dnnspec.registry` (``registry.LAYERS``),
+written with the types defined here.
 
 Raw values, as the parser hands them over, are plain Python values:
 ``int``, ``float`` (``1/255`` is already divided), ``bool`` (``true``/``false``),
@@ -340,92 +342,6 @@ class Schema:
             err.option = opt_name  # type: ignore[attr-defined]
             raise err from None
 
-
-# --- shared option groups ---------------------------------------------------------
-
-INITS = ("auto", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform",
-         "lecun_normal", "lecun_uniform", "normal", "uniform", "zeros")
-FANS = ("auto", "avg", "in", "out")
-
-_INIT_OPTS = (
-    Opt("init", Choice(INITS), "auto",
-        "weight initialisation; auto picks Xavier before sigmoid/tanh/softmax, He before the ReLU family"),
-    Opt("fan", Choice(FANS), "auto",
-        "fan mode of the variance-scaling inits: avg = (n_in+n_out)/2 as in the lecture; in; out. "
-        "auto = avg for xavier/he, in for lecun"),
-    Opt("std", Float(0.0, 10.0, lo_open=True), 0.01, "standard deviation of init=normal (only)"),
-    Opt("limit", Float(0.0, 10.0, lo_open=True), 0.05, "half-width of init=uniform (only)"),
-)
-_NAME = Opt("name", Text(), None, "the layer's name; default <kind><n>, e.g. dense1")
-# The inits that read each init option, and how messages name them (auto resolves to he/xavier).
-# Writing one for another init is an error: it would do nothing.
-INIT_OPTION_USERS = {
-    "std": (("normal",), "init=normal"),
-    "limit": (("uniform",), "init=uniform"),
-    "fan": (("auto", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform"),
-            "the xavier, he and lecun inits"),
-}
-
-# --- layers -----------------------------------------------------------------------
-
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "softplus", "sigmoid", "tanh", "softmax")
-
-LAYERS: dict[str, Schema] = {s.name: s for s in (
-    Schema("dense", (Opt("units", Int(1, MAX_WIDTH)), *_INIT_OPTS,
-                     Opt("bias", Bool(), True, "add a learned bias"), _NAME),
-           positional=("units",), doc="fully connected layer y = x W + b; W is (in, units)",
-           example="dense 256 init=he_normal"),
-    Schema("conv2d", (Opt("filters", Int(1, MAX_WIDTH)),
-                      Opt("kernel", Pair(1, MAX_WINDOW), (3, 3), "kernel size k or [kh, kw]"),
-                      Opt("stride", Pair(1, MAX_WINDOW), (1, 1), "stride s or [sh, sw]"),
-                      Opt("padding", Padding(), "valid", "same, valid, or pixels per side"),
-                      *_INIT_OPTS, Opt("bias", Bool(), True, "add a learned bias per filter"), _NAME),
-           positional=("filters",), doc="2-D convolution, NCHW; kernel is (filters, in_channels, kh, kw)",
-           example="conv2d 32 kernel=3 padding=same"),
-    Schema("maxpool", (Opt("kernel", Pair(1, MAX_WINDOW), (2, 2), "window size"),
-                       Opt("stride", Pair(1, MAX_WINDOW), None, "stride; default = kernel"),
-                       Opt("padding", Pair(0, MAX_WINDOW), (0, 0), "pixels of padding per side"), _NAME),
-           positional=("kernel",), doc="max pooling", example="maxpool 2"),
-    Schema("avgpool", (Opt("kernel", Pair(1, MAX_WINDOW), (2, 2), "window size"),
-                       Opt("stride", Pair(1, MAX_WINDOW), None, "stride; default = kernel"),
-                       Opt("padding", Pair(0, MAX_WINDOW), (0, 0), "pixels of zero padding per side (not counted)"),
-                       _NAME),
-           positional=("kernel",), doc="average pooling", example="avgpool 2"),
-    Schema("global_avgpool", (_NAME,), doc="mean over height and width: (C, H, W) -> (C,)",
-           example="global_avgpool"),
-    Schema("flatten", (_NAME,), doc="(C, H, W) -> (C*H*W,)", example="flatten"),
-    Schema("batchnorm", (Opt("momentum", Float(0.0, 1.0, hi_open=True), 0.99,
-                             "running = momentum*running + (1-momentum)*batch"),
-                         Opt("eps", Float(1e-10, 1.0), 1e-5, "added to the variance"),
-                         _NAME),
-           doc="batch normalisation per feature (dense) or per channel (conv)",
-           example="batchnorm momentum=0.99"),
-    Schema("dropout", (Opt("rate", Float(0.0, 1.0, hi_open=True)),
-                       Opt("mode", Choice(("inverted", "scale")), "inverted",
-                           "inverted: divide by keep prob while training; scale: multiply by keep prob "
-                           "at evaluation (the lecture's weight scaling)"), _NAME),
-           positional=("rate",), doc="drop units with probability rate while training",
-           example="dropout 0.3"),
-    Schema("relu", (_NAME,), doc="max(0, x)", example="relu"),
-    Schema("leaky_relu", (Opt("alpha", Float(0.0, 10.0), 0.01, "slope for x < 0 (initial value if learned)"),
-                          Opt("learn", Bool(), False, "learn the slope (PReLU)"),
-                          Opt("per", Choice(("layer", "channel")), "layer",
-                              "one learned slope for the layer, or one per channel/feature"), _NAME),
-           doc="x if x >= 0 else alpha*x", example="leaky_relu alpha=0.1 learn=true per=channel"),
-    Schema("elu", (Opt("alpha", Float(0.0, 10.0, lo_open=True), 1.0, "scale of the negative part"),
-                   Opt("learn", Bool(), False, "learn alpha"),
-                   Opt("per", Choice(("layer", "channel")), "layer",
-                       "one learned alpha for the layer, or one per channel/feature"), _NAME),
-           doc="x if x >= 0 else alpha*(exp(x)-1)", example="elu alpha=1.0"),
-    Schema("softplus", (_NAME,), doc="log(1 + exp(x))", example="softplus"),
-    Schema("sigmoid", (_NAME,), doc="1 / (1 + exp(-x))", example="sigmoid"),
-    Schema("tanh", (_NAME,), doc="tanh(x)", example="tanh"),
-    Schema("softmax", (_NAME,), doc="exp(x_i) / sum_j exp(x_j); last layer, before cross_entropy",
-           example="softmax"),
-)}
-
-# Default layer-name prefixes: dense1, conv1, bn1, ...
-NAME_PREFIX = {"conv2d": "conv", "batchnorm": "bn", "global_avgpool": "gap"}
 
 # --- augmentation ops ----------------------------------------------------------------
 

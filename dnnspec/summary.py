@@ -1,8 +1,11 @@
 """What ``dnnspec check`` prints: a Keras-like summary, and the spec rendered back.
 
 ``summary(model)`` is a table (name, kind, output shape, parameters, init) with totals,
-FLOPs and the training recipe. ``render(model)`` writes the spec with every default
-filled in; parsing its output gives the same IR (the round-trip tests check this).
+FLOPs and the training recipe; a graph's table has an ``input`` column too, filled where
+a layer reads something else than the line above. ``render(model)`` writes the spec with
+every default filled in, blocks expanded (``repeat`` copied, ``residual`` as its layers
+and an ``add``, ``from=`` where a layer reads another than the line above); parsing its
+output gives the same IR (the round-trip tests check this).
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from . import ir, memory
+from . import ir, memory, registry
+from .registry import INIT_OPTION_USERS, LAYERS
 from .schema import (
     AUGMENT,
-    INIT_OPTION_USERS,
-    LAYERS,
     LOSS,
     OPTIMIZER,
     SCHEDULE,
@@ -114,14 +116,23 @@ def render(model: ir.Model) -> str:
         out += [f"  {_stmt(s.kind, _options(AUGMENT[s.kind], s.options))}" for s in model.augment]
         out.append("}")
     out.append("layers {")
-    out += [f"  {_stmt(layer.kind, _options(LAYERS[layer.kind], layer.options, _unused(layer)))}"
-            for layer in model.layers]
+    out += [f"  {_render_layer(layer, prev)}" for layer, prev in zip(model.layers, (ir.INPUT, *model.layer_names))]
     out.append("}")
     out.append(_stmt("loss", _stmt(model.loss.kind, _options(LOSS[model.loss.kind], model.loss.options))))
     for head, table, step in (("optimizer", OPTIMIZER, model.optimizer), ("schedule", SCHEDULE, model.schedule)):
         out.append(_stmt(head, _stmt(step.kind, _options(table[step.kind], step.options))))
     out.append(_stmt("train", _options(STATEMENTS["train"], model.train)))
     return "\n".join(out) + "\n"
+
+
+def _render_layer(layer: ir.Layer, prev: str) -> str:
+    """One layer statement: ``add a, b name=add1``, or its options and ``from=`` when it does not read ``prev``."""
+    opts = _options(LAYERS[layer.kind], layer.options, _unused(layer))
+    if registry.takes_many(layer.kind):
+        return _stmt(layer.kind, ", ".join(_text(n) for n in layer.inputs) + " " + opts)
+    if layer.inputs != (prev,):
+        opts += f" from={_text(layer.inputs[0])}"
+    return _stmt(layer.kind, opts)
 
 
 def _unused(layer: ir.Layer) -> tuple[str, ...]:
@@ -160,7 +171,7 @@ def _shape(s: tuple[int, ...]) -> str:
 
 
 def _init_cell(layer: ir.Layer) -> str:
-    if layer.kind not in ir.WEIGHTED:
+    if not registry.is_weighted(layer.kind):
         return ""
     o = layer.options
     cell = f"{o['init']} fan={o['fan']}"
@@ -173,9 +184,8 @@ def _init_cell(layer: ir.Layer) -> str:
     return cell + ("" if "init" in layer.explicit else " (default)")
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {3}
     lines = []
     for k, r in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
@@ -185,22 +195,31 @@ def _table(rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _layer_rows(model: ir.Model) -> tuple[list[list[str]], set[int]]:
+    """The table's rows and its right-aligned columns. A graph gets an ``input`` column, filled where a
+    layer reads something else than the line above (``bn4, relu1`` for an add)."""
+    graph = not model.is_chain
+    head = ["layer", "kind", *(["input"] if graph else []), "output shape", "params", "init"]
+    rows = [head, ["input", model.input.kind, *([""] if graph else []), _shape(model.input.shape), "0", ""]]
+    for layer, prev in zip(model.layers, (ir.INPUT, *model.layer_names)):
+        n = sum(p.size for p in layer.params)
+        reads = [", ".join(layer.inputs) if layer.inputs != (prev,) else ""] if graph else []
+        rows.append([layer.name, layer.kind, *reads, _shape(layer.out_shape), f"{n:,}", _init_cell(layer)])
+    return rows, {head.index("params")}
+
+
 def _step_line(step: ir.Step, table: dict[str, Schema]) -> str:
     return _stmt(step.kind, _options(table[step.kind], step.options))
 
 
 def summary(model: ir.Model) -> str:
     """A Keras-like table of the layers, parameter totals, FLOPs and the training recipe."""
-    rows = [["layer", "kind", "output shape", "params", "init"],
-            ["input", model.input.kind, _shape(model.input.shape), "0", ""]]
-    for layer in model.layers:
-        n = sum(p.size for p in layer.params)
-        rows.append([layer.name, layer.kind, _shape(layer.out_shape), f"{n:,}", _init_cell(layer)])
+    rows, right = _layer_rows(model)
     trainable = sum(p.size for p in model.params if p.trainable)
     frozen = sum(p.size for p in model.params if not p.trainable)
     flops = sum(layer.flops for layer in model.layers)
     mem = memory.estimate(model)
-    lines = [f"network {model.name}  ({model.path})", *_table(rows), "",
+    lines = [f"network {model.name}  ({model.path})", *_table(rows, right), "",
              f"trainable params:      {trainable:,}",
              f"non-trainable params:  {frozen:,}",
              f"forward FLOPs/example: {flops:,}",
@@ -251,7 +270,8 @@ def _cell(text: str) -> str:
 
 
 def option_tables() -> str:
-    """Markdown tables of every statement, layer, op and option, generated from dnnspec.schema.
+    """Markdown tables of every statement, layer, op and option, generated from dnnspec.schema and
+    the layer kinds of dnnspec.registry.
 
     docs/language.md embeds this text between markers; a test keeps the two identical.
     """

@@ -22,7 +22,8 @@ import numpy as np
 
 from dnnspec import frontend, memory
 from dnnspec.errors import DnnspecError
-from dnnspec.schema import AUGMENT, LAYERS, OPTIMIZER, SCHEDULE, STATEMENTS
+from dnnspec.registry import LAYERS
+from dnnspec.schema import AUGMENT, OPTIMIZER, SCHEDULE, STATEMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,10 +44,11 @@ SEEDS = tuple(p.read_text() for p in sorted((ROOT / "specs").glob("*.dnn"))) + E
 TOKEN = re.compile(r'"[^"\n]*"|[A-Za-z_][\w-]*|[+-]?\d[\w.%+-]*|\S|\n')
 NUMBER = re.compile(r"[+-]?\d")
 PUNCT = ("{", "}", "[", "]", "=", ",", "..", "/", "\n", "#", '"', ":", "(", "-")
-WORDS = (*LAYERS, *AUGMENT, *OPTIMIZER, *SCHEDULE, *STATEMENTS, "repeat", "layers", "classes", "targets",
-         "loss", "optimizer", "schedule", "image", "auto", "none", "true", "false", "same", "valid", "inf", "nan")
+WORDS = (*LAYERS, *AUGMENT, *OPTIMIZER, *SCHEDULE, *STATEMENTS, "repeat", "residual", "shortcut", "input", "layers",
+         "classes", "targets", "loss", "optimizer", "schedule", "image", "auto", "none", "true", "false", "same",
+         "valid", "inf", "nan")
 OPTION_NAMES = sorted({o.name for table in (LAYERS, AUGMENT, OPTIMIZER, SCHEDULE, STATEMENTS)
-                       for s in table.values() for o in s.options})
+                       for s in table.values() for o in s.options} | {"from"})
 # Numbers at and beyond every edge: huge ints (also past Python's 4300-digit int parsing
 # limit), overflowing floats, denormals, zero, signs, non-finite names, unit and range forms.
 NASTY_NUMBERS = (

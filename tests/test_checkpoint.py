@@ -10,10 +10,10 @@ import pytest
 
 import dnnspec
 from dnnspec import ir
+from dnnspec.api import load as load_net
 from dnnspec.checkpoint import (
     atomic_write,
     load_checkpoint,
-    load_net,
     model_from_dict,
     read_npz,
     save_checkpoint,

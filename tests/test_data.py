@@ -113,7 +113,8 @@ def test_csv_errors(tmp_path):
         load_data(f"{p}:target", vec_model(batch=1))
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3,4,0\n1,2,x,4,1\n")
-    with pytest.raises(DataError, match=r"bad\.csv: not a numeric CSV table"):
+    with pytest.raises(DataError, match=r"bad\.csv: row 2, column 3: 'x' is not a finite number, but 50% of this "
+                                         r"column's cells are numbers"):
         load_data(str(bad), vec_model())
     empty = tmp_path / "empty.csv"
     empty.write_text("\n")
@@ -159,7 +160,7 @@ def test_idx_corrupt_and_truncated(tmp_path):
     with pytest.raises(DataError, match="cannot read IDX file"):
         read_idx(tmp_path / "z.gz")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no IDX training files"):
+    with pytest.raises(DataError, match="neither an image folder .* nor an IDX folder"):
         load_data(str(tmp_path / "empty"), img_model())
 
 
@@ -276,15 +277,18 @@ def mem(x, y, **kw):
 
 @pytest.mark.parametrize("dataset, model, message", [
     (mem(np.zeros((4, 5)), np.zeros(4)), vec_model(),
-     r"data\.npz: the spec expects examples of shape \(4,\) \(4 values\), found \(5,\) \(5 values\)"),
+     r"data\.npz: examples have 5 features; the spec says input \[4\]: write input \[5\]$"),
     (mem(np.zeros((4, 32, 32)), np.zeros(4)), img_model(),
-     r"expects images of shape \(1, 28, 28\) \(784 values\), found \(32, 32\) \(1024 values\)"),
+     r"images are 32×32 \(grey; 1,024 values\); the spec says image\[1, 28, 28\]: write image\[1, 32, 32\]$"),
     (mem(np.zeros((4, 4)), np.zeros(3)), vec_model(), "x has 4 examples but y has 3 labels"),
     (mem(np.r_[np.zeros((2, 4)), [[0, np.nan, 0, 0]]], np.zeros(3)), vec_model(),
      "x holds NaN or inf .first in example 2"),
     (mem(np.r_[np.zeros((2, 4)), [[0, np.inf, 0, 0]]], np.zeros(3)), vec_model(), "NaN or inf"),
-    (mem(np.zeros((3, 4)), [0, 3, 1]), vec_model(), r"label 3 at example 1 is outside \[0, 3\); the spec has 3"),
-    (mem(np.zeros((3, 4)), [0, -1, 1]), vec_model(), r"label -1 at example 1 is outside"),
+    (mem(np.zeros((3, 4)), [0, 3, 1]), vec_model(), r"the data has 3 classes \(0, 1, 3\); the spec says classes 3 "
+     r"\(labels are class indices 0..2; label 3 at example 1\)"),
+    (mem(np.zeros((3, 4)), [0, -1, 1]), vec_model(), r"the data has 3 classes \(-1, 0, 1\).*label -1 at example 1"),
+    (mem(np.zeros((3, 4)), [0, 1, 2, 0][:3]), vec_model(classes=2),
+     r"the data has 3 classes \(0, 1, 2\); the spec says classes 2"),
     (mem(np.zeros((3, 4)), [0.0, 1.5, 1.0]), vec_model(), "label 1.5 at example 1 is not a whole number"),
     (mem(np.zeros((3, 4)), np.zeros((3, 3))), vec_model(), r"labels have shape \(3, 3\); expected class indices"),
     (mem(np.zeros((3, 4)), ["a", "b", "c"]), vec_model(), "labels hold <U1 values"),
@@ -292,9 +296,15 @@ def mem(x, y, **kw):
     (mem(np.zeros((3, 4)), np.zeros(3)), vec_model(batch=8),
      "only 3 training examples, fewer than one batch of 8"),
     (mem(np.zeros((4, 4)), np.zeros(4), x_test=np.zeros((2, 4)), y_test=np.array([0, 7])), vec_model(),
-     r"test label 7 at example 1 is outside \[0, 3\)"),
+     r"the test split has 2 classes \(0, 7\); the spec says classes 3 .*label 7 at example 1"),
     (mem(np.zeros((4, 4)), np.zeros(4), x_test=np.zeros((2, 5)), y_test=np.zeros(2)), vec_model(),
-     r"expects test examples of shape \(4,\)"),
+     r"test examples have 5 features; the spec says input \[4\]"),
+    (mem(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4)), img_model(shape=(1, 32, 32)),
+     r"images are 32×32×3 \(channels last; 3,072 values\); the spec says image\[1, 32, 32\]: write image\[3, 32, 32\]"),
+    (mem(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4)), img_model(shape=(1, 32, 32)),
+     r"images are 3×32×32 \(channels first; .*\); the spec says image\[1, 32, 32\]: write image\[3, 32, 32\]"),
+    (mem(np.zeros((4, 28, 28), np.uint8), np.zeros(4)), vec_model(features=100),
+     r"images are 28×28 \(grey; 784 values\); the spec says input \[100\]: write input image\[1, 28, 28\]"),
 ])
 def test_every_check_has_its_message(dataset, model, message):
     with pytest.raises(DataError, match=message):

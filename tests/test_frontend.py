@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dnnspec import frontend
+from dnnspec import frontend, summary
 from dnnspec.errors import SpecError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,14 +168,14 @@ def _comparable(model):
                          ids=[*CONSTRUCTS, *(p.stem for p in SPECS)])
 def test_render_round_trip(text):
     m = frontend.parse(text)
-    out = frontend.render(m)
+    out = summary.render(m)
     again = frontend.parse(out)
     assert _comparable(again) == _comparable(m)
-    assert frontend.render(again) == out
+    assert summary.render(again) == out
 
 
 def test_render_fills_defaults():
-    out = frontend.render(frontend.parse(MINI))
+    out = summary.render(frontend.parse(MINI))
     assert "dense 3 init=xavier_normal fan=avg bias=true name=dense1" in out
     assert "optimizer adam lr=0.001 beta1=0.9 beta2=0.999 eps=1e-08" in out
     assert "train epochs=10 batch=32 validation=0.1 seed=0 early_stop=0 checkpoint_every=1" in out
@@ -230,7 +230,8 @@ def test_language_doc_lists_every_option():
     doc = (ROOT / "docs" / "language.md").read_text()
     block = doc.split("<!-- BEGIN OPTIONS -->\n")[1].split("<!-- END OPTIONS -->")[0]
     assert block == option_tables(), "regenerate docs/language.md's option section from dnnspec.summary"
-    from dnnspec.schema import AUGMENT, LAYERS, OPTIMIZER, SCHEDULE, STATEMENTS
+    from dnnspec.registry import LAYERS
+    from dnnspec.schema import AUGMENT, OPTIMIZER, SCHEDULE, STATEMENTS
 
     for table in (STATEMENTS, LAYERS, AUGMENT, OPTIMIZER, SCHEDULE):
         for schema in table.values():
@@ -240,10 +241,15 @@ def test_language_doc_lists_every_option():
 
 def test_doc_examples_parse():
     """Every `example` of the schema is a valid statement in a minimal spec."""
-    from dnnspec.schema import AUGMENT, LAYERS
+    from dnnspec import registry
+    from dnnspec.registry import LAYERS
+    from dnnspec.schema import AUGMENT
 
     for s in LAYERS.values():
         body = s.example if s.name != "softmax" else "dense 3"
+        if registry.takes_many(s.name):  # add a, b: the example's names, given to two layers before it
+            first, second = s.example.split(" ", 1)[1].split(", ")
+            body = f"dense 3 name={first}\n  dense 3 name={second} from=input\n  {s.example}"
         img = s.name in ("conv2d", "maxpool", "avgpool", "global_avgpool")
         head = "input image[1, 8, 8]\n" if img else "input [4]\n"
         tail = "  flatten\n  dense 3\n  softmax\n" if img or s.name == "flatten" else "  dense 3\n  softmax\n"

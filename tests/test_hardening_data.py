@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from dnnspec import cli, data, ir
+from dnnspec import cli, data, datafiles, ir
 from dnnspec.data import load_data, read_csv_table, read_idx
 from dnnspec.errors import DataError
 
@@ -181,7 +181,7 @@ def test_csv_gzip_corrupt_is_one_line(tmp_path):
 
 
 def test_files_larger_than_memory_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "physical_memory", lambda: 1000)
+    monkeypatch.setattr(datafiles, "physical_memory", lambda: 1000)
     np.save(tmp_path / "x.npy", np.zeros(200))
     refused(data.read_npy, tmp_path / "x.npy", match=r"x\.npy: the array \(200,\) float64 would take 0\.0 GiB, "
                                                      r"more than this machine's 0\.0 GiB of memory")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnnspec import frontend, memory
+from dnnspec import frontend, memory, summary
 from dnnspec.cli import main
 from dnnspec.errors import SpecError, UsageError
 
@@ -330,17 +330,17 @@ def test_fmt_bytes():
 
 def test_render_shows_init_options_only_where_they_act():
     m = frontend.load(ROOT / "specs" / "moons_sgd.dnn")  # dense 32 init=he_uniform fan=in
-    out = frontend.render(m)
+    out = summary.render(m)
     line = next(x for x in out.splitlines() if "he_uniform" in x)
     assert "std=" not in line and "limit=" not in line and "fan=in" in line
     text = "input [3]\ntargets 2\nlayers {\n  dense 4 init=normal std=0.2\n  dense 4 init=uniform limit=0.3\n" \
            "  dense 2 init=zeros\n}\n"
-    lines = frontend.render(frontend.parse(text)).splitlines()
+    lines = summary.render(frontend.parse(text)).splitlines()
     normal, uniform, zeros = (next(x for x in lines if f"init={k}" in x) for k in ("normal", "uniform", "zeros"))
     assert "std=0.2" in normal and "limit=" not in normal and "fan=" not in normal
     assert "limit=0.3" in uniform and "std=" not in uniform and "fan=" not in uniform
     assert "std=" not in zeros and "limit=" not in zeros and "fan=" not in zeros
-    again = frontend.parse(frontend.render(m))
+    again = frontend.parse(summary.render(m))
     strip = lambda mm: json.loads(mm.to_json())["layers"]  # noqa: E731
     assert [(x["name"], x["options"]) for x in strip(again)] == [(x["name"], x["options"]) for x in strip(m)]
 
@@ -365,7 +365,7 @@ def test_a_batch_override_is_memory_checked(tmp_path, monkeypatch):
 
 def test_a_checkpoint_from_a_bigger_machine_still_loads(tmp_path, monkeypatch):
     """The memory limit guards training; a stored spec over this machine's limit still loads for export."""
-    from dnnspec import checkpoint
+    from dnnspec import api
     from dnnspec.engine.net import Net
 
     net = Net(frontend.parse("input [64]\nclasses 3\nlayers {\n  dense 512\n  relu\n  dense 3\n  softmax\n}\n"),
@@ -373,4 +373,4 @@ def test_a_checkpoint_from_a_bigger_machine_still_loads(tmp_path, monkeypatch):
     path = tmp_path / "m.npz"
     net.save(path)
     monkeypatch.setenv(memory.ENV, "1MB")
-    assert checkpoint.load_net(path).params["dense1.kernel"].shape == (64, 512)
+    assert api.load(path).params["dense1.kernel"].shape == (64, 512)

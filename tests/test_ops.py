@@ -1,6 +1,13 @@
-"""Engine ops: finite-difference gradient checks in float64 and formula checks."""
+"""Engine ops: finite-difference gradient checks in float64 and formula checks.
+
+Every test runs on the NumPy passes and on the compiled training kernels (numba; skipped
+without it), chosen through ``$DNNSPEC_FUSED``; the kernels are also compared with the
+NumPy passes bit for bit.
+"""
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -12,6 +19,16 @@ from dnnspec.engine.base import compile_op
 from dnnspec.engine.init import init_param
 
 F64 = np.float64
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@pytest.fixture(autouse=True, params=["numpy", "fused"])
+def path(request, monkeypatch):
+    """Each test once per path: the NumPy passes, and the compiled kernels of training passes."""
+    if request.param == "fused" and not HAS_NUMBA:
+        pytest.skip("numba is not installed (pip install 'dnnspec[fast]')")
+    monkeypatch.setenv("DNNSPEC_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
 
 
 def make_op(kind: str, in_shape: tuple[int, ...], dtype=F64, seed: int = 0, **opts):
@@ -28,7 +45,7 @@ def make_op(kind: str, in_shape: tuple[int, ...], dtype=F64, seed: int = 0, **op
 
 
 def bind(kind: str, opts: dict) -> dict:
-    from dnnspec.schema import LAYERS
+    from dnnspec.registry import LAYERS
 
     return LAYERS[kind].bind([], dict(opts))[0]
 
@@ -222,3 +239,67 @@ def test_dropout_masks_come_from_the_generator():
     b = op.forward(x, params, True, np.random.default_rng(5)).copy()
     c = op.forward(x, params, True, np.random.default_rng(6)).copy()
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# --- the compiled training kernels against the NumPy passes ------------------------------
+
+KERNEL_CASES = [
+    ("relu", (7,), {}), ("relu", (3, 4, 5), {}),
+    ("leaky_relu", (7,), {"alpha": 0.1}), ("elu", (7,), {"alpha": 0.7}), ("elu", (3, 4, 5), {}),
+    ("dropout", (7,), {"rate": 0.3}), ("dropout", (3, 4, 5), {"rate": 0.5, "mode": "scale"}),
+    ("batchnorm", (7,), {}), ("batchnorm", (3, 4, 5), {}),
+]
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -1e-30, 80.0, -80.0]
+
+
+class _Uniforms:
+    """A generator stand-in for dropout: the given uniforms, which include the keep probability itself."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape, dtype, out):
+        out[...] = self.u.reshape(shape)
+        return out
+
+
+def _run_op(kind, shape, opts, dtype, x, dy, u):
+    op, params, _ = make_op(kind, shape, dtype=dtype, **opts)
+    y = op.forward(x, params, True, _Uniforms(u)).copy()
+    grads = {}
+    dx = op.backward(dy, params, grads).copy()
+    return op, [y, dx, *[grads[k] for k in sorted(grads)], *[params[k] for k in sorted(params)]]
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind,shape,opts", KERNEL_CASES, ids=[f"{k}-{len(s)}d" for k, s, _ in KERNEL_CASES])
+def test_training_kernels_give_the_numpy_passes_bits(kind, shape, opts, dtype, monkeypatch):
+    """Forward, backward, parameter gradients and running statistics, bit for bit (signed zeros and NaN too)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(9, *shape)).astype(dtype)
+    if kind != "batchnorm":  # batch statistics would spread a NaN or inf everywhere
+        x.reshape(-1)[:len(SPECIAL)] = SPECIAL
+    dy = rng.normal(size=x.shape).astype(dtype)
+    dy.reshape(-1)[:4] = [-1.0, -0.0, 2.0, -3.0]
+    keep = dtype(1.0 - opts.get("rate", 0.0))
+    u = rng.random(x.size).astype(dtype)
+    u[:3] = [keep, np.nextafter(keep, dtype(0)), np.nextafter(keep, dtype(1))]
+    out = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("DNNSPEC_FUSED", switch)
+        with np.errstate(all="ignore"):  # inf * 0 and friends, on purpose
+            op, out[switch] = _run_op(kind, shape, opts, dtype, x, dy, u)
+        assert (getattr(op, "compiled", None) is not None) == (switch == "1")
+    for a, b in zip(out["0"], out["1"]):
+        np.testing.assert_array_equal(_bits(b), _bits(a))
+
+
+def test_evaluation_passes_never_compile():
+    op, params, _ = make_op("relu", (4,))
+    op.forward(np.ones((2, 4)), params, False, None)
+    assert op.compiled is None

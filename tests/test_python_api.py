@@ -30,14 +30,13 @@ def test_import_and_check_stay_light():
 
 
 def test_the_names_are_the_modules_functions():
-    from dnnspec.checkpoint import load_net
+    from dnnspec import api
     from dnnspec.data import load_data
-    from dnnspec.engine.net import compile_net
     from dnnspec.evaluation import evaluate
     from dnnspec.export.predictor import Predictor
 
     assert (dnnspec.compile, dnnspec.load, dnnspec.load_data, dnnspec.evaluate, dnnspec.Predictor) == (
-        compile_net, load_net, load_data, evaluate, Predictor)
+        api.compile, api.load, load_data, evaluate, Predictor)
     assert set(dnnspec.__all__) == {"Predictor", "compile", "evaluate", "export", "load", "load_data"}
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         dnnspec.nothing  # noqa: B018

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="labelled data as 'dnnspec train --data' takes it (default: the spec's data statement); "
                         "with --labels, an inputs file as 'dnnspec predict' takes it")
     p.add_argument("--labels", metavar="FILE", help="labels for an inputs file DATA (.npy, .npz, .csv, IDX)")
+    p.add_argument("--label", metavar="NAME",
+                   help="a CSV table's label column (default: the one the model was trained with, else the last)")
     p.add_argument("--split", choices=("auto", "test", "train"), default="auto",
                    help="which split of DATA (default auto: the test split when there is one, else all of it)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with downloaded data sets (e.g. Fashion-MNIST)")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     data, y = args.data, None
     if args.labels is not None:
         data, y = _inputs_and_labels(scorer, args.data, args.labels)
-    report = evaluate(scorer, data, y, split=args.split, batch=args.batch, top_k=args.top_k, data_dir=args.data_dir)
+    report = evaluate(scorer, data, y, split=args.split, batch=args.batch, top_k=args.top_k, data_dir=args.data_dir,
+                      label=args.label)
     if args.labels is not None:
         report.data = f"{args.data} with labels {args.labels}"
     written = report.write(args.out) if args.out else []

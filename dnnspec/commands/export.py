@@ -47,9 +47,13 @@ def default_output(source: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from ..export.onnx_export import to_onnx, write_atomic
     from ..export.runs import load_source
+    from ..export.tabular import table_schema
 
     opset = _opset(args)
     src = load_source(args.source)
+    if (args.quantize or args.triton) and table_schema(src.summary) is not None:  # one input per column
+        raise UsageError(f"{args.source}: a table model with text columns takes one input per column, which "
+                         f"--quantize and --triton do not handle yet; export it without them")
     out = Path(args.output) if args.output else default_output(Path(args.source))
     if not out.parent.is_dir():  # fail before the work, not after
         raise UsageError(f"cannot write {out}: the folder {out.parent} does not exist; create it or choose another -o")

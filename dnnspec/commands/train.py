@@ -5,7 +5,8 @@ A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
 receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png, and with a test
 split metrics.json and confusion.png. A folder that already holds a run is refused (before
 the data is loaded) unless ``--resume`` continues it or ``--overwrite`` replaces it.
-``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking).
+``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking). ``--teacher
+TEACHER.onnx`` distils a teacher into the spec (dnnspec.engine.distill; docs/training.md).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="the .dnn file to train")
     parser.add_argument("--data", metavar="SOURCE",
-                        help="data source: .npz/.csv file, IDX folder, spirals, moons, blobs, fashion-mnist "
-                             "(default: the spec's data statement)")
+                        help="data source: .npz/.csv file (file.csv:label=NAME), image folder (photos/:resize=fit), "
+                             "IDX folder, spirals, moons, blobs, fashion-mnist (default: the spec's data statement)")
+    parser.add_argument("--label", metavar="NAME",
+                        help="a CSV table's label column, by header name (default: the last column)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder with downloaded data sets (e.g. Fashion-MNIST)")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<network name>)")
     parser.add_argument("--epochs", type=int, metavar="N", help="override train epochs")
@@ -36,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlflow", metavar="URI",
                         help="log params, metrics and the run's files to MLflow (a tracking URI, or a folder "
                              "for a local file store)")
+    parser.add_argument("--teacher", metavar="TEACHER.onnx",
+                        help="knowledge distillation: learn from this exported classifier's soft targets too "
+                             "(best exported with dnnspec export --logits)")
+    parser.add_argument("--temperature", type=float, metavar="T",
+                        help="distillation temperature, T > 0 (default 4)")
+    parser.add_argument("--distill-weight", type=float, metavar="A",
+                        help="weight A in [0, 1] of the soft targets; 1 - A goes to the labels (default 0.9)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -49,6 +59,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--lr must be positive, found {args.lr}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2^32), found {args.seed}")
+    if args.teacher is None and (args.temperature is not None or args.distill_weight is not None):
+        flag = "--temperature" if args.temperature is not None else "--distill-weight"
+        raise UsageError(f"{flag} is a distillation option: give the teacher with --teacher TEACHER.onnx")
+
+
+def _distiller(args: argparse.Namespace, model):
+    """The checked Distiller for --teacher (before any data is loaded), or None."""
+    if args.teacher is None:
+        return None
+    from ..engine import distill
+
+    t = distill.DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    a = distill.DEFAULT_WEIGHT if args.distill_weight is None else args.distill_weight
+    return distill.make_distiller(distill.Distiller(args.teacher, temperature=t, weight=a), model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import frontend, memory
     from ..data import load_data
+    from ..dataschema import attach
     from ..engine.net import Net
     from ..engine.trainer import check_run_dir, fit
     from ..progress import final_line
@@ -64,23 +89,30 @@ def run(args: argparse.Namespace) -> int:
     model = frontend.load(args.spec)
     run_dir = Path(args.out) if args.out else Path("runs") / model.name
     check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)  # before the data: fail fast
+    teacher = _distiller(args, model)
     if args.batch:
         memory.check_batch(model, args.batch)
     batch = args.batch or int(model.train["batch"])
-    data = load_data(args.data, model, data_dir=args.data_dir, batch=min(batch, args.limit or batch))
+    data = load_data(args.data, model, data_dir=args.data_dir, batch=min(batch, args.limit or batch),
+                     label=args.label)
     x, y = data.x_train, data.y_train
     if args.limit is not None:
         x, y = x[:args.limit], y[:args.limit]
     seed = args.seed if args.seed is not None else int(model.train["seed"])
-    net = Net(model, seed=seed)
+    net = attach(Net(model, seed=seed), data.schema)  # the data's class names, a table's columns (dataschema)
     out = sys.stdout
+    for note in data.notes:
+        out.write(note + "\n")
     source = data.name or args.data or model.data
     tracker = _trackers(args, net, run_dir, source)
-    out.write(f"training {model.name} on {source}: {len(x)} examples, run folder {run_dir}\n")
+    taught = "" if teacher is None else (f", distilling {teacher.name} (temperature {teacher.temperature:g}, "
+                                        f"weight {teacher.weight:g})")
+    out.write(f"training {model.name} on {source}: {len(x)} examples{taught}, run folder {run_dir}\n")
     with tracker if tracker is not None else _nothing():
         history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
                       resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
-                      y_test=data.y_test, out=out, tracker=tracker)
+                      y_test=data.y_test, out=out, tracker=tracker, teacher=teacher, x_val=data.x_val,
+                      y_val=data.y_val)
     if args.progress == "none":  # the progress output ends with this line otherwise
         out.write(final_line(history) + "\n")
     return 0

@@ -1,4 +1,4 @@
-"""The op interface every engine layer implements, and the table keyed by IR kind.
+"""The op interface every engine layer implements, and the table keyed by layer kind.
 
 An op is compiled from one :class:`dnnspec.ir.Layer`. Parameters live outside the op,
 in the network's ``params`` dict keyed by full names (``dense1.kernel``); an op reads
@@ -11,6 +11,10 @@ them from ``params`` and writes its gradients into ``grads`` under the same name
 as the trainer calls them). ``op.need_dx = False`` lets the first layer skip its input
 gradient, which nothing needs. Batch-norm running statistics are entries of ``params``
 too (trainable=False); ``forward(training=True)`` updates them in place.
+
+``OPS`` maps each kind of :mod:`dnnspec.registry` to its op class (``@register("dense")``
+on the class); a name the registry does not know is refused, and tests/test_registry.py
+checks that every registered kind has an op. A Net looks its ops up once, when it is built.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import registry
 from ..ir import Layer
 
 OPS: dict[str, type[Op]] = {}
@@ -48,7 +53,11 @@ class Scratch:
 
 
 def register(*kinds: str):
-    """Class decorator: make the op class the engine's implementation of these IR kinds."""
+    """Class decorator: make the op class the engine's implementation of these layer kinds (registry names)."""
+    unknown = [k for k in kinds if k not in registry.KINDS]
+    if unknown:
+        raise ValueError(f"engine op for unknown layer kind {unknown[0]!r}: register the kind in dnnspec.registry "
+                         "first")
 
     def deco(cls: type[Op]) -> type[Op]:
         for k in kinds:

@@ -9,8 +9,10 @@ then normalise ``(x*scale - mean) / std`` when the spec asks for it; the two ste
 fused into one affine map per channel, ``x * a + b`` with ``a = scale/std`` and
 ``b = -mean/std``.
 
-A final softmax (with cross_entropy) or sigmoid (with binary_cross_entropy) is the
-*head*: ``logits`` stops before it and ``loss_and_grads`` fuses it with the loss.
+A final softmax (with cross_entropy) or sigmoid (with binary_cross_entropy), the kind
+whose registry entry names the loss as its ``head``, is the *head*: ``logits`` stops
+before it and ``loss_and_grads`` fuses it with the loss. Specs as text or files become
+Nets through :mod:`dnnspec.api` (``dnnspec.compile``): the engine reads only the IR.
 
 Execution order: ``net.ops``/``net.body`` are the layers in spec order; the passes run
 ``net.run_ops``/``net.run_body``, the same ops in the same order except that a relu
@@ -18,29 +20,38 @@ directly followed by a maxpool runs AFTER it, on the smaller pooled tensor (see
 :func:`_commute_relu_maxpool`), and a conv2d then directly followed by a maxpool whose
 windows tile (stride = kernel, no padding) hands its output over window-major instead
 of NCHW (see :func:`_feed_pools`). Names, params, checkpoints and export do not change.
+
+Graphs (a model that is not a chain: ``from=``, residual blocks, ``add``, ``concat``) run
+by a plan (:class:`Graph`, built by :func:`plan`): the body is cut into *segments*, runs of
+layers where each one is the only reader of the one before; each segment runs like a
+chain (relu/maxpool commuted, conv -> pool hand-overs), the segments in the spec's
+topological order, over tensors keyed by layer name. Backward walks the plan in reverse
+and sums the gradients of an output that several layers read. A chain keeps the plain
+loop over ``run_body``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import ir
+from .. import ir, registry
 from ..errors import DataError, Diagnostic, SpecError
 from . import base, threads
 from .init import init_param
 from .losses import LOSSES
 
-HEADS = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
 _STAT_CHUNK = 4096
 
 
 def _load_ops() -> None:
     """Import the modules whose ops register themselves; conv.py may not exist yet."""
     importlib.import_module("dnnspec.engine.ops")
+    importlib.import_module("dnnspec.engine.graph_ops")
     try:
         importlib.import_module("dnnspec.engine.conv")
     except ModuleNotFoundError as e:
@@ -92,6 +103,111 @@ def _feed_pools(ops: list[base.Op]) -> None:
             a.feed_pool(c, through=b)
 
 
+@dataclass
+class Step:
+    """One op of a graph's plan: the tensors it reads (keys: layer names, ``input``, or ``~name`` inside a
+    segment), the one it writes, whether it takes a list (add, concat), whether backward runs it."""
+
+    op: base.Op
+    ins: tuple[str, ...]
+    out: str
+    many: bool
+    backward: bool = True
+
+
+class Graph:
+    """The body of a network that is not a chain: ``steps`` in run order, the output key ``out``.
+
+    Forward keeps each tensor (an op's own buffer) under its key while the pass runs.
+    Backward hands each op the gradient of its output and adds what it returns to its
+    inputs' gradients: the first contribution is kept as it is (no copy), a second one
+    sums into a buffer of the network's (reused across steps), later ones add into it.
+    No op writes into its inputs or its ``dy``, so a tensor read by several layers and a
+    gradient handed to several inputs (``add``) stay intact.
+    """
+
+    def __init__(self, steps: list[Step], out: str, dtype: Any):
+        self.steps, self.out = steps, out
+        self.buf = base.Scratch(dtype)
+
+    def forward(self, h: np.ndarray, params: dict[str, np.ndarray], training: bool,
+                rng: np.random.Generator | None) -> np.ndarray:
+        vals = {ir.INPUT: h}
+        for st in self.steps:
+            x = [vals[k] for k in st.ins] if st.many else vals[st.ins[0]]
+            vals[st.out] = st.op.forward(x, params, training, rng)
+        return vals[self.out]
+
+    def backward(self, d: np.ndarray, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        dout, owned = {self.out: d}, set()
+        for st in reversed(self.steps):
+            dy = dout.pop(st.out, None) if st.backward else None
+            if dy is None:  # nothing upstream learns, or nothing downstream reads it
+                continue
+            dx = st.op.backward(dy, params, grads)
+            if dx is None:
+                continue
+            for key, g in zip(st.ins, dx if st.many else (dx,)):
+                if key != ir.INPUT:
+                    self._add(dout, owned, key, g)
+
+    def _add(self, dout: dict[str, np.ndarray], owned: set[str], key: str, g: np.ndarray) -> None:
+        """dout[key] += g, summing into the network's own buffer for ``key`` (never into an op's array)."""
+        have = dout.get(key)
+        if have is None:
+            dout[key] = g
+        elif key in owned:
+            have += g
+        else:
+            dout[key] = np.add(have, g, out=self.buf(f"grad:{key}", g.shape))
+            owned.add(key)
+
+
+def _segments(ops: list[base.Op], readers: dict[str, tuple[str, ...]]) -> list[list[base.Op]]:
+    """``ops`` (spec order) cut into runs where each op is the only reader of the one before, which is its
+    only input; in the order of their first ops, which is topological."""
+    segments: list[list[base.Op]] = []
+    open_by_last: dict[str, list[base.Op]] = {}
+    for op in ops:
+        ins = op.layer.inputs
+        seg = open_by_last.pop(ins[0], None) if len(ins) == 1 and len(readers[ins[0]]) == 1 else None
+        if seg is None:
+            seg = []
+            segments.append(seg)
+        seg.append(op)
+        open_by_last[op.name] = seg
+    return segments
+
+
+def plan(body: list[base.Op], out: str, model: ir.Model, dtype: Any, commute: bool, fuse: bool) -> Graph:
+    """The :class:`Graph` that runs ``body`` (the ops of a non-chain model but its head), output key ``out``.
+
+    Each segment (:func:`_segments`) runs as a chain would (relu -> maxpool commuted, conv
+    -> pool hand-overs: only inside a segment, where the producer has one reader); its
+    first op reads the segment's inputs, its last writes under the last layer's name,
+    the ops between under ``~<name>``. ``need_dx`` is set where an input needs a gradient
+    (some layer upstream learns); ops that neither learn nor pass a gradient on skip
+    backward.
+    """
+    owners = {p.name.rsplit(".", 1)[0] for p in model.params if p.trainable}
+    steps = []
+    for seg in _segments(body, model.consumers):
+        run = _commute_relu_maxpool(seg) if commute else list(seg)
+        if fuse:
+            _feed_pools(run)
+        for k, op in enumerate(run):
+            ins = seg[0].layer.inputs if k == 0 else (f"~{run[k - 1].name}",)
+            key = seg[-1].name if k == len(run) - 1 else f"~{op.name}"
+            steps.append(Step(op, tuple(ins), key, registry.takes_many(op.layer.kind)))
+    learns: set[str] = set()
+    for st in steps:
+        st.op.need_dx = any(k in learns for k in st.ins)
+        st.backward = st.op.need_dx or st.op.name in owners
+        if st.backward:
+            learns.add(st.out)
+    return Graph(steps, out, dtype)
+
+
 def _compile(layer: ir.Layer, dtype: np.dtype) -> base.Op:
     if layer.kind not in base.OPS:
         raise SpecError(Diagnostic(f"layer {layer.name}: the engine has no implementation of '{layer.kind}' yet",
@@ -107,8 +223,8 @@ class Net:
     #: Let a conv2d hand its output to the tiling maxpool after it window-major (see _feed_pools).
     fuse_conv_maxpool = True
     #: Split passes and GEMMs over the engine's own threads with single-threaded BLAS
-    #: (engine/threads.py): "auto" does it for networks with convolutions, whose ms-long
-    #: passes repay the hand-offs; an MLP's are too short.
+    #: (engine/threads.py): "auto" (= True) for every network, so that results do not depend
+    #: on the thread count and the count can follow the machine's load; False leaves BLAS as it is.
     own_threads: bool | str = "auto"
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
@@ -118,14 +234,20 @@ class Net:
         _load_ops()
         self.model = model
         self.ops = [_compile(layer, self.dtype) for layer in model.layers]
-        head_kind = HEADS.get(model.loss.kind)
+        head_kind = registry.head_for(model.loss.kind)  # the final activation fused with the loss
         self.head = self.ops[-1] if self.ops and self.ops[-1].layer.kind == head_kind else None
         self.body = self.ops[:-1] if self.head is not None else list(self.ops)
-        reorder = _commute_relu_maxpool if self.commute_relu_maxpool else list
-        self.run_body = reorder(self.body)  # what the passes run; the head (not a relu) stays last
+        self.graph: Graph | None = None
+        if model.is_chain:
+            reorder = _commute_relu_maxpool if self.commute_relu_maxpool else list
+            self.run_body = reorder(self.body)  # what the passes run; the head (not a relu) stays last
+            if self.fuse_conv_maxpool:
+                _feed_pools(self.run_body)
+        else:
+            out = self.head.layer.inputs[0] if self.head is not None else model.layers[-1].name
+            self.graph = plan(self.body, out, model, self.dtype, self.commute_relu_maxpool, self.fuse_conv_maxpool)
+            self.run_body = [st.op for st in self.graph.steps]
         self.run_ops = self.run_body + [self.head] if self.head is not None else self.run_body
-        if self.fuse_conv_maxpool:
-            _feed_pools(self.run_body)
         self.loss_fn = LOSSES[model.loss.kind]
         self.rng = np.random.default_rng(model.train["seed"] if seed is None else seed)
         self.params: dict[str, np.ndarray] = {}
@@ -136,11 +258,10 @@ class Net:
                 self.trainable.append(spec.name)
         self._init_input_stats()
         self.grads = {k: np.zeros_like(self.params[k]) for k in self.trainable}
-        self._first = self._first_with_grads()
+        self._first = self._first_with_grads() if self.graph is None else 0
         self._buf = base.Scratch(self.dtype)
         self.last_logits: np.ndarray | None = None
-        auto = any(layer.kind == "conv2d" for layer in model.layers)
-        self._threads = auto if self.own_threads == "auto" else bool(self.own_threads)
+        self._threads = self.own_threads == "auto" or bool(self.own_threads)
 
     def threads(self):
         """The context every pass runs in: :func:`threads.own_threads` (re-entrant) or nothing.
@@ -219,6 +340,9 @@ class Net:
              reuse: bool = False) -> np.ndarray:
         with self.threads():
             h = self._prepare(x, reuse)
+            if self.graph is not None:  # a graph: its plan runs the body; then the head, when ops has it
+                h = self.graph.forward(h, self.params, training, rng)
+                ops = ops[len(self.run_body):]
             for op in ops:
                 h = op.forward(h, self.params, training, rng)
         return h
@@ -253,9 +377,13 @@ class Net:
         running accuracy.
         """
         with self.threads():
+            threads.step()  # the thread-count governor times steps (engine/threads.py)
             z = self._run(self.run_body, x, True, rng or self.rng, reuse=True)
             self.last_logits = z
             loss, d = self.loss_fn(z, y, out=self._buf("dlogits", z.shape))
+            if self.graph is not None:
+                self.graph.backward(d, self.params, self.grads)
+                return loss, self.grads
             for op in reversed(self.run_body[self._first:]):
                 d = op.backward(d, self.params, self.grads)
         return loss, self.grads
@@ -314,22 +442,3 @@ class Net:
         n = sum(self.params[k].size for k in self.trainable)
         return f"Net({self.model.name!r}, {len(self.ops)} layers, {n} trainable parameters, {self.dtype})"
 
-
-def compile_net(path_or_text: Any, dtype: Any = np.float32, seed: int | None = None) -> Net:
-    """``dnnspec.compile``: a Net from an ``ir.Model``, a ``.dnn`` path, or spec text.
-
-    A ``pathlib.Path``, or a one-line string naming an existing file or ending in
-    ``.dnn``, is read with ``frontend.load``; any other string is parsed as spec text.
-    """
-    import os
-
-    if isinstance(path_or_text, ir.Model):
-        return Net(path_or_text, dtype=dtype, seed=seed)
-    from .. import frontend
-
-    if isinstance(path_or_text, os.PathLike):
-        return Net(frontend.load(os.fspath(path_or_text)), dtype=dtype, seed=seed)
-    text = str(path_or_text)
-    if "\n" not in text and (text.strip().endswith(".dnn") or os.path.isfile(text)):
-        return Net(frontend.load(text), dtype=dtype, seed=seed)
-    return Net(frontend.parse(text), dtype=dtype, seed=seed)

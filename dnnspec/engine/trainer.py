@@ -10,7 +10,8 @@ a fresh generator of that seed. Same spec, data and seed: bit-identical weights.
 Per epoch: the training rows are visited in a new random order in batches of ``batch``
 (the last one may be smaller); each batch is gathered by index into a preallocated buffer
 (the data set is never copied), handed to the net in its raw dtype (the net casts it to
-float32), augmented first when the spec has ``augment`` steps and images. The learning
+float32), augmented first when the spec has ``augment`` steps and images; with ``teacher=``
+the loss is the distillation loss on that very batch (dnnspec.engine.distill). The learning
 rate follows the schedule at the fractional epoch ``e + i/steps``. Training loss and
 accuracy are running means over the epoch's batches (training mode); validation loss and
 accuracy are measured after the epoch in evaluation mode.
@@ -44,7 +45,6 @@ Temporaries a killed write left behind are removed at the start of a run.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import time
 from collections.abc import Callable
@@ -56,60 +56,22 @@ import numpy as np
 
 from .. import fileio, memory
 from ..errors import CheckpointError, DivergenceError, UsageError
+from ..history import (  # the run folder's layout, shared with its readers (plots, export)
+    BEST,
+    CHECKPOINT,
+    COLUMNS,
+    CONFUSION,
+    HISTORY,
+    METRICS,
+    RUN_FILES,
+    SPEC_COPY,
+    History,
+)
 from ..progress import final_line, make_progress
 from .optim import global_norm, make_optimizer
 from .schedules import make_schedule
 
-CHECKPOINT = "checkpoint.npz"
-BEST = "best.npz"
-HISTORY = "history.csv"
-SPEC_COPY = "spec.dnn"
-CURVES = "curves.png"
-EXPORTED = "model.onnx"  # where 'dnnspec export RUN_DIR' writes by default: part of the run
-METRICS = "metrics.json"  # the test split's evaluation report (dnnspec.evaluation)
-CONFUSION = "confusion.png"
-# Every file a run folder holds, the checkpoint first: an overwrite interrupted half-way
-# leaves a folder that cannot be resumed as if it were whole.
-RUN_FILES = (CHECKPOINT, HISTORY, BEST, SPEC_COPY, CURVES, EXPORTED, METRICS, CONFUSION)
-COLUMNS = ("epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 TRAIN_KEYS = ("epochs", "batch", "validation", "seed", "early_stop", "checkpoint_every")
-
-
-@dataclass
-class History:
-    """Per-epoch rows (``COLUMNS``), the best epoch, whether training stopped early, test metrics.
-
-    ``test``: the headline numbers of ``report`` (the evaluation of the final weights on the
-    test split, a dnnspec.evaluation.Report); ``seconds``: wall time of the whole ``fit``.
-    """
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    stopped_early: bool = False
-    test: dict[str, float] | None = None
-    run_dir: str | None = None
-    report: Any = None
-    seconds: float | None = None
-
-    def __getitem__(self, key: str) -> list[float | None]:
-        return [r.get(key) for r in self.rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def to_csv(self) -> str:
-        out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: _fmt_cell(r.get(k)) for k in COLUMNS})
-        return out.getvalue()
-
-
-def _fmt_cell(v: Any) -> str:
-    if v is None:
-        return ""
-    return str(v) if isinstance(v, int) else f"{v:.6g}"
 
 
 @dataclass
@@ -133,7 +95,8 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         run_dir: str | Path | None = None, resume: bool = False, augment: Any = None,
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-        out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, **overrides: Any) -> History:
+        out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, teacher: Any = None,
+        **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -147,9 +110,12 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     With ``x_test``/``y_test`` the final weights are evaluated on them (``history.report``;
     ``metrics.json`` and ``confusion.png`` in ``run_dir``), then the final line is written.
     A ``run_dir`` that holds a run needs ``resume=True`` or ``overwrite=True`` (:func:`check_run_dir`).
+    ``teacher``: knowledge distillation (:mod:`dnnspec.engine.distill`): a Distiller, or an ONNX
+    path or callable raw batch -> logits (N, K) with the default temperature and weight.
     """
     t0 = time.perf_counter()
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
+    distiller = _distiller(net, teacher)
     run = Path(run_dir) if run_dir is not None else None
     check_run_dir(run, resume=resume, overwrite=overwrite)
     if run is not None:
@@ -165,7 +131,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     if ckpt is None and net.model.normalize.mode == "auto":
         net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
     loop = _Loop(net, x, y, train_idx, val, cfg, lr, _augmenter(net, x, augment), run,
-                 make_progress(progress, out), on_epoch, tracker)
+                 make_progress(progress, out), on_epoch, tracker, distiller)
     if ckpt is not None:
         loop.restore(ckpt)
     else:
@@ -189,7 +155,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
 
 def _test_report(net: Any, x_test: np.ndarray, y_test: np.ndarray, run: Path | None) -> Any:
     """The evaluation of the final weights on the test split; metrics.json and confusion.png in ``run``."""
-    from ..evaluation import evaluate_net
+    from ..report import evaluate_net
 
     report = evaluate_net(net, x_test, y_test, "test split")
     if run is not None:
@@ -242,6 +208,15 @@ def _augmenter(net: Any, x: np.ndarray, augment: Any):
     from ..augment import Augmenter
 
     return Augmenter.from_model(model, x)
+
+
+def _distiller(net: Any, teacher: Any):
+    """None, or the checked Distiller for ``fit(teacher=...)`` (onnxruntime is imported only then)."""
+    if teacher is None:
+        return None
+    from .distill import make_distiller
+
+    return make_distiller(teacher, net.model)
 
 
 def _read_resume(run: Path | None, net: Any):
@@ -349,10 +324,11 @@ def evaluate(net: Any, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = No
 class _Loop:
     """One training run's state: optimizer, schedule, buffers, history; ``run()`` does the epochs."""
 
-    def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch, tracker=None):
+    def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch, tracker=None,
+                 distiller=None):
         self.net, self.x, self.y, self.idx, self.val = net, x, y, train_idx, val
         self.cfg, self.augment, self.run_dir, self.progress, self.on_epoch = cfg, augment, run, progress, on_epoch
-        self.tracker = tracker
+        self.tracker, self.distiller = tracker, distiller
         self.epochs = int(cfg["epochs"])
         self.batch = min(int(cfg["batch"]), len(train_idx))
         self.steps = math.ceil(len(train_idx) / self.batch)
@@ -395,7 +371,10 @@ class _Loop:
         Also rewrites history.csv from the checkpoint's rows (a kill after the checkpoint,
         before history.csv, left it an epoch short) and says where training goes on.
         """
+        from .distill import check_resume
+
         meta = ckpt.meta
+        check_resume(meta.get("distill"), self.distiller, ckpt.path)  # before anything is restored
         for name, arr in ckpt.params.items():
             self.net.params[name][...] = arr
         try:
@@ -460,7 +439,10 @@ class _Loop:
                 xb, yb = self._gather(rows)
                 if self.augment is not None:
                     xb = self.augment(xb, rng)
-                loss, grads = net.loss_and_grads(xb, yb, rng)
+                if self.distiller is not None:  # the teacher sees the very batch the student trains on
+                    loss, grads = self.distiller.loss_and_grads(net, xb, yb, rng)
+                else:
+                    loss, grads = net.loss_and_grads(xb, yb, rng)
                 norm = global_norm(grads, net.trainable)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(e, i, loss, grads)
@@ -544,7 +526,7 @@ class _Loop:
         meta = {"epoch": st.epoch, "epochs": self.epochs, "best_loss": None if math.isinf(st.best_loss)
                 else st.best_loss, "best_epoch": st.best_epoch, "wait": st.wait, "stopped_early": st.stopped_early,
                 "rows": st.rows, "rng": self.net.rng.bit_generator.state, "rng_split": self.split_state,
-                "train": dict(self.cfg)}
+                "train": dict(self.cfg), "distill": self.distiller.describe() if self.distiller else None}
         save_checkpoint(self.run_dir / CHECKPOINT, self.net, self.opt.state_dict(), self.best, meta)
         write_history(self.run_dir, st.rows)  # killed before this: restore() and plots.read_history repair it
 

@@ -15,11 +15,20 @@ written at once, so that they can be folded away:
   written as one ``Mul`` and one ``Add``.
 
 Folding is done in float64; the initializers are written in float32.
+
+Graphs: what is held back belongs to one tensor. After each layer the exporter stores
+the builder's state (:class:`Held`: the current tensor, its shape, the open linear layer,
+the pending map) under the layer's name (:meth:`GraphBuilder.leave`) and a layer starts
+from the state of its input (:meth:`GraphBuilder.use`). An output read by several layers
+writes its open Gemm/Conv first (it cannot be folded two ways); its pending map goes to
+each reader, which folds it or writes it. ``add`` and ``concat`` read materialized
+tensors (:meth:`GraphBuilder.value`). A chain leaves and uses the same state: its
+export is what it was.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +78,17 @@ class Linear:
             self.bias = shift if self.bias is None else self.bias + shift
 
 
+@dataclass(frozen=True)
+class Held:
+    """A tensor as the builder holds it: its ONNX name, per-example shape, open linear layer, pending map."""
+
+    x: str
+    shape: tuple[int, ...]
+    open: Linear | None
+    pending: tuple[np.ndarray, np.ndarray] | None
+    pending_label: str
+
+
 class GraphBuilder:
     """Collects nodes and initializers; tracks the current tensor and its per-example shape."""
 
@@ -85,6 +105,35 @@ class GraphBuilder:
         self.open: Linear | None = None
         self.pending: tuple[np.ndarray, np.ndarray] | None = None
         self.pending_label = "input"
+        self.held: dict[str, Held] = {}
+
+    # --- graphs: one held state per layer output ---------------------------------
+
+    def state(self) -> Held:
+        return Held(self.x, self.shape, self.open, self.pending, self.pending_label)
+
+    def restore(self, held: Held) -> None:
+        self.x, self.shape, self.open, self.pending, self.pending_label = (
+            held.x, held.shape, held.open, held.pending, held.pending_label)
+
+    def leave(self, name: str, readers: int) -> None:
+        """Store the current state as layer ``name``'s output; read by several layers, its open Gemm/Conv is
+        written first (the pending map, a value, goes to each reader)."""
+        if readers > 1:
+            self.emit_linear()
+        self.held[name] = self.state()
+
+    def use(self, name: str) -> None:
+        """Continue from layer ``name``'s output (``input``: the model's input, after its scaling)."""
+        self.restore(self.held[name])
+
+    def value(self, name: str) -> str:
+        """Layer ``name``'s output written out (nothing held back): its tensor name. The stored state is
+        updated, so that another reader does not write the same nodes again."""
+        self.use(name)
+        self.materialize()
+        self.held[name] = replace(self.held[name], x=self.x, open=None, pending=None)
+        return self.x
 
     # --- low level -------------------------------------------------------------
 

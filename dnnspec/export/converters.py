@@ -1,8 +1,11 @@
-"""One ONNX converter per IR layer kind, found by the kind's name in :data:`CONVERTERS`.
+"""One ONNX converter per layer kind, found by the kind's name in :data:`CONVERTERS`.
 
 A converter reads one :class:`dnnspec.ir.Layer` and the trained parameters and writes
 nodes into a :class:`~dnnspec.export.builder.GraphBuilder` (or, for the affine layers,
 hands it an affine map to fold). Afterwards ``g.shape`` is the layer's output shape.
+``CONVERTERS`` is keyed by the kinds of :mod:`dnnspec.registry` (``@converter("dense")``
+refuses a name the registry does not know); tests/test_registry.py checks that every
+registered kind has a converter.
 
 =================== ===============================================================
 kind                ONNX
@@ -18,6 +21,8 @@ dropout             nothing (inverted); keep probability folded (scale mode)
 relu, sigmoid, ...  Relu, LeakyRelu, Elu, Softplus, Sigmoid, Tanh, Softmax
 learned alpha       PRelu (leaky); Elu with the trained alpha (per layer) or
                     PRelu(Elu(x, 1), alpha) (per channel: equal, since Elu(x, 1) < 0 iff x < 0)
+add                 Add, pairwise left to right (the engine's order of summation)
+concat              Concat on axis 1 (channels or features)
 =================== ===============================================================
 """
 
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import registry
 from ..ir import Layer
 from ..shapes import conv_pads
 from .builder import GraphBuilder, Linear
@@ -35,11 +41,14 @@ from .builder import GraphBuilder, Linear
 Params = dict[str, np.ndarray]
 Converter = Callable[[GraphBuilder, Layer, Params, bool], None]
 CONVERTERS: dict[str, Converter] = {}
-SIMPLE_ACTIVATIONS = {"relu": "Relu", "softplus": "Softplus", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
 def converter(*kinds: str) -> Callable[[Converter], Converter]:
-    """Register a function as the ONNX converter of these IR kinds."""
+    """Register a function as the ONNX converter of these layer kinds (registry names)."""
+    unknown = [k for k in kinds if k not in registry.KINDS]
+    if unknown:
+        raise ValueError(f"ONNX converter for unknown layer kind {unknown[0]!r}: register the kind in "
+                         "dnnspec.registry first")
 
     def deco(fn: Converter) -> Converter:
         for k in kinds:
@@ -137,10 +146,25 @@ def dropout(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
     g.affine(np.full(c, 1.0 - layer.options["rate"]), np.zeros(c), layer.name, into_previous=False)
 
 
-@converter(*SIMPLE_ACTIVATIONS)
-def simple_activation(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
-    g.before(positive=layer.kind == "relu")
-    g.node(SIMPLE_ACTIVATIONS[layer.kind], [g.x], layer.name)
+def elementwise(op_type: str, positive: bool = False) -> Converter:
+    """The converter of an activation that is one ONNX node without attributes (Relu, Sigmoid, ...).
+
+    ``positive``: f(a*x) = a*f(x) for a > 0 (relu), so a pending scale with no shift is
+    carried through it rather than written before it.
+    """
+
+    def convert(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+        g.before(positive=positive)
+        g.node(op_type, [g.x], layer.name)
+
+    convert.__doc__ = f"{op_type}(x)"
+    return convert
+
+
+converter("relu")(elementwise("Relu", positive=True))
+converter("softplus")(elementwise("Softplus"))
+converter("sigmoid")(elementwise("Sigmoid"))
+converter("tanh")(elementwise("Tanh"))
 
 
 @converter("softmax")
@@ -176,3 +200,20 @@ def elu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
     else:
         g.node("Elu", [g.x], f"{layer.name}/elu1", alpha=1.0)
         g.node("PRelu", [g.x, _slope(g, layer, params)], layer.name)
+
+
+@converter("add")
+def add(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """x_1 + x_2 + ... as Add nodes, left to right; each input written out first (nothing held back)."""
+    xs = [g.value(name) for name in layer.inputs]
+    total = xs[0]
+    for k, x in enumerate(xs[1:], 2):
+        total = g.node("Add", [total, x], layer.name if k == len(xs) else f"{layer.name}/sum{k}")
+    g.shape = layer.out_shape
+
+
+@converter("concat")
+def concat(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Concat on axis 1: channels of (N, C, H, W), features of (N, F)."""
+    g.node("Concat", [g.value(name) for name in layer.inputs], layer.name, axis=1)
+    g.shape = layer.out_shape

@@ -1,7 +1,13 @@
 """Export a trained network (IR + parameters) as an ONNX model.
 
-    export(net, "model.onnx")                       # from a dnnspec.engine.net.Net
-    proto = to_onnx(model, params, fold=False)      # from an ir.Model and a params dict
+    export_model(model, params, "model.onnx")       # an ir.Model and its arrays (a checkpoint's)
+    export(net, "model.onnx")                       # anything with .model and .params (a Net)
+    proto = to_onnx(model, params, fold=False)      # the ModelProto, not written
+
+The export reads the IR and the arrays only, never the engine: each layer goes through
+the converter of its kind (dnnspec.export.converters, keyed by dnnspec.registry), in
+the IR's topological order, starting from the tensor of its input (graphs: see
+dnnspec.export.builder).
 
 The graph reads raw inputs: its first nodes apply ``input.scale`` and the
 normalisation (folded into the first Gemm/Conv when that is exact). Input ``input``
@@ -22,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import registry
 from ..errors import CheckpointError, UsageError
-from ..ir import Model
+from ..ir import INPUT, Model
+from ..version import __version__
 
 #: The newest opset whose every operator has a kernel in the onnxruntime we depend on (1.32).
 DEFAULT_OPSET = 28
@@ -31,16 +39,21 @@ DEFAULT_OPSET = 28
 MIN_OPSET = 13
 INPUT_NAME = "input"
 BATCH_DIM = "N"
-FINAL_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def export_model(model: Model, params: Mapping[str, np.ndarray], path: str | os.PathLike, **options: Any) -> Path:
+    """Write ``model`` with trained ``params`` to ``path`` as ONNX; return the path. ``options``: :func:`to_onnx`'s."""
+    return write_atomic(path, to_onnx(model, params, **options).SerializeToString())
 
 
 def export(net: Any, path: str | os.PathLike, *, opset: int | None = None, fold: bool = True,
            logits_output: bool = False, metadata: Mapping[str, Any] | None = None,
            dense_op: str = "gemm") -> Path:
-    """Write ``net`` (a Net: ``.model`` and ``.params``) to ``path`` as ONNX; return the path."""
-    proto = to_onnx(net.model, net.params, opset=opset, fold=fold, logits_output=logits_output,
-                    metadata=metadata, dense_op=dense_op)
-    return write_atomic(path, proto.SerializeToString())
+    """Write ``net`` (a Net, or anything with ``.model`` and ``.params``) to ``path`` as ONNX; return the path."""
+    from ..dataschema import meta_entry
+
+    return export_model(net.model, net.params, path, opset=opset, fold=fold, logits_output=logits_output,
+                        metadata={**meta_entry(net), **(metadata or {})}, dense_op=dense_op)
 
 
 def to_onnx(model: Model, params: Mapping[str, np.ndarray], *, opset: int | None = None, fold: bool = True,
@@ -53,16 +66,20 @@ def to_onnx(model: Model, params: Mapping[str, np.ndarray], *, opset: int | None
     """
     from onnx import helper
 
-    from .. import __version__
     from .builder import GraphBuilder
     from .converters import CONVERTERS
+    from .tabular import add_table_inputs
 
     opset = check_opset(opset)
     check_params(model, params, source)
     g = GraphBuilder(INPUT_NAME, model.input.shape, dense_op)
     input_affine(g, model, params)
-    for layer in model.layers:
+    readers = model.consumers
+    g.leave(INPUT, len(readers[INPUT]))
+    for layer in model.layers:  # topological order; a layer starts from its (first) input's state
+        g.use(layer.inputs[0])
         CONVERTERS[layer.kind](g, layer, params, fold)
+        g.leave(layer.name, len(readers[layer.name]))
     g.materialize()
     outputs = name_outputs(g, model, logits_output)
     graph = helper.make_graph(g.nodes, model.name, [_value_info(INPUT_NAME, model.input.shape)],
@@ -72,6 +89,7 @@ def to_onnx(model: Model, params: Mapping[str, np.ndarray], *, opset: int | None
                               producer_version=__version__, ir_version=helper.find_min_ir_version_for(opsets),
                               doc_string=f"dnnspec model {model.name} from {model.path}")
     helper.set_model_props(proto, metadata_props(model, outputs[0][0], metadata))
+    proto = add_table_inputs(proto, metadata, INPUT_NAME)  # raw table columns in (export/tabular.py)
     return check_model(proto, outputs)
 
 
@@ -132,7 +150,7 @@ def name_outputs(g: Any, model: Model, logits_output: bool) -> list[tuple[str, t
     regression models that end in one (e.g. targets in [0, 1]) alike.
     """
     last = model.layers[-1] if model.layers else None
-    squashed = last is not None and last.kind in FINAL_ACTIVATIONS
+    squashed = last is not None and last.kind in registry.KINDS and registry.KINDS[last.kind].head is not None
     main = "probabilities" if squashed and model.task.kind == "classification" else "output"
     if not g.nodes:
         g.node("Identity", [g.x], main)
@@ -162,8 +180,6 @@ def _value_info(name: str, shape: tuple[int, ...]) -> Any:
 
 def metadata_props(model: Model, output: str, extra: Mapping[str, Any] | None) -> dict[str, str]:
     """Everything a client needs to use the file: spec, classes, input layout, normalisation."""
-    from .. import __version__
-
     task = model.task
     names = list(task.class_names) or [str(i) for i in range(task.classes)]
     moments = None

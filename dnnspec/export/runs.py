@@ -14,65 +14,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .. import ir
+from ..checkpoint import RUN_FILES, find_file, load_model, read_npz
 from ..errors import CheckpointError
 
-# Preferred file names in a run folder, best first; any other *.npz comes after these.
-RUN_FILES = ("best.npz", "model.npz", "checkpoint.npz", "last.npz")
+__all__ = ["RUN_FILES", "Source", "find_file", "load_source", "training_summary"]
 
 
 @dataclass
 class Source:
-    """A loaded network, the file it came from, and a training summary for the ONNX metadata."""
+    """A trained model to export (its IR and float32 arrays), the file it came from, and a training summary
+    for the ONNX metadata. No engine Net is built: the export reads the IR and the arrays."""
 
-    net: Any
+    model: ir.Model
+    params: dict[str, np.ndarray]
     path: Path
     summary: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
 
-
-def find_file(path: Path) -> Path:
-    """The checkpoint or model file to export from ``path`` (a file, or a run folder)."""
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run folder or checkpoint; train first with 'dnnspec train SPEC'")
-    for name in RUN_FILES:
-        if (path / name).is_file():
-            return path / name
-    others = sorted(path.glob("*.npz"))
-    if others:
-        return others[0]
-    raise CheckpointError(f"{path}: this folder holds no checkpoint or model (.npz); "
-                          "give the run folder written by 'dnnspec train' or a checkpoint file")
+    @property
+    def net(self) -> Source:
+        """The source itself, which has the ``.model`` and ``.params`` the exporter reads from a Net
+        (``source.net.model`` keeps working where a Net used to stand)."""
+        return self
 
 
 def load_source(path: str | os.PathLike) -> Source:
-    """Load the network of a run folder or file, with its best weights when there are any.
+    """Load the model and weights of a run folder or file, with its best weights when there are any.
 
     The training summary comes from the run's ``checkpoint.npz`` (or the file itself).
     """
-    from ..checkpoint import model_from_meta, read_npz, restore_params
-    from ..engine.net import Net
-
     path = Path(path)
-    file = find_file(path)
-    meta, arrays = read_npz(file, "checkpoint")
-    model = model_from_meta(meta, str(file))
-    net = Net(model, dtype="float32")
-    prefix = "param/"
-    best = {k for k in arrays if k.startswith("best/")}
-    if best and {f"best/{k}" for k in net.params} <= best:
-        prefix = "best/"
-    restore_params(net.params, arrays, str(file), prefix=prefix)
-    summary_meta = meta
+    saved = load_model(path, prefer_best=True, what="checkpoint")
+    params = {k: np.asarray(v, dtype=np.float32) for k, v in saved.params.items()}  # what a float32 Net holds
+    summary_meta, file = saved.meta, saved.path
     ckpt = path / "checkpoint.npz"
     if path.is_dir() and file != ckpt and ckpt.is_file():
         try:
             summary_meta = read_npz(ckpt, "checkpoint")[0]
         except CheckpointError:
             pass  # the summary is optional; the weights came from a good file
-    best_weights = prefix == "best/" or file.name == "best.npz"
-    return Source(net, file, training_summary(summary_meta, best_weights), path if path.is_dir() else None)
+    best_weights = saved.best or file.name == "best.npz"
+    summary = {**training_summary(summary_meta, best_weights), **_data_schema(saved.meta)}  # export/tabular.py
+    return Source(saved.model, params, file, summary, path if path.is_dir() else None)
+
+
+def _data_schema(meta: dict[str, Any]) -> dict[str, Any]:
+    """``{"data_schema": {...}}`` of a file's metadata (dnnspec.dataschema), or {}: it goes into the ONNX metadata."""
+    from ..dataschema import META_KEY, from_meta
+
+    schema = from_meta(meta)
+    return {META_KEY: schema.to_dict()} if schema is not None else {}
 
 
 def training_summary(meta: dict[str, Any], best: bool) -> dict[str, Any]:

@@ -184,14 +184,16 @@ def load_model(name: str, version: str, path: Path, providers: list[str], thread
         raise CheckpointError(f"{path}: cannot load the ONNX model: {first}") from None
     if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in session.get_providers():
         raise UsageError("--provider cuda: onnxruntime-gpu is installed but found no usable CUDA GPU")
-    return ServedModel(name, version, path, session, _specs(session.get_inputs(), path),
+    return ServedModel(name, version, path, session, _specs(session.get_inputs(), path, strings=True),
                        _specs(session.get_outputs(), path), _class_names(session, path))
 
 
-def _specs(args, path: Path) -> list[TensorSpec]:
+def _specs(args, path: Path, strings: bool = False) -> list[TensorSpec]:
+    """Protocol specs of a session's inputs or outputs; BYTES (string) tensors only where ``strings``
+    (inputs: a table model takes its text columns as strings)."""
     specs = []
     for a in args:
-        if a.type not in ORT_TYPES or ORT_TYPES[a.type] == "BYTES":
+        if a.type not in ORT_TYPES or (ORT_TYPES[a.type] == "BYTES" and not strings):
             raise CheckpointError(f"{path}: tensor '{a.name}' has type {a.type}, which the server does not support")
         specs.append(TensorSpec(a.name, ORT_TYPES[a.type], tuple(d if isinstance(d, int) else -1 for d in a.shape)))
     return specs

@@ -204,7 +204,7 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     if not isinstance(req_inputs, list) or not req_inputs:
         raise InferenceError("request needs a non-empty 'inputs' list")
     layout: list = []
-    arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs}, layout)
+    arrays = _parse_inputs(req_inputs, binary, {s.name: s for s in inputs}, layout, max_rows)
     if check_finite:
         for name, arr in arrays.items():
             require_finite(arr, name)
@@ -231,10 +231,12 @@ def _dict(value, what: str) -> dict:
 
 
 def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorSpec],
-                  layout: list | None = None) -> dict[str, np.ndarray]:
+                  layout: list | None = None, max_rows: int | None = None) -> dict[str, np.ndarray]:
     """Decode every input tensor (JSON ``data`` or binary) and check it against ``specs``.
 
-    ``layout`` collects ``(name, dtype, shape, offset, size)`` of each binary input.
+    ``layout`` collects ``(name, dtype, shape, offset, size)`` of each fixed-size binary input
+    (BYTES tensors, whose elements have their own lengths, are decoded every time). A BYTES
+    tensor is refused over ``max_rows`` rows before its strings are made.
     """
     arrays: dict[str, np.ndarray] = {}
     offset = 0
@@ -247,6 +249,8 @@ def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorS
         if name in arrays:
             raise InferenceError(f"input '{name}' is given twice")
         shape = _check_shape(item, spec)
+        if spec.datatype == "BYTES" and max_rows is not None and shape and shape[0] > max_rows:
+            raise InferenceError(f"batch of {shape[0]} rows is over the limit of {max_rows} rows per request")
         size = _binary_size(item)
         if size is None:
             arrays[name] = _json_tensor(item, spec, shape)
@@ -255,7 +259,7 @@ def _parse_inputs(req_inputs: list, binary: memoryview, specs: dict[str, TensorS
                 raise InferenceError(f"input '{name}': binary_data_size {size} runs past the end of the body "
                                      f"({len(binary) - offset} bytes left)")
             arrays[name] = _binary_tensor(binary[offset:offset + size], spec, shape)
-            if layout is not None:
+            if layout is not None and spec.datatype != "BYTES":
                 layout.append((name, arrays[name].dtype, shape, offset, size))
             offset += size
     if offset != len(binary):
@@ -303,6 +307,8 @@ def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.nda
     except ValueError:
         raise InferenceError(f"input '{spec.name}': 'data' is a ragged nested list, or nested deeper than "
                              "NumPy's 64 dimensions") from None
+    if spec.datatype == "BYTES":
+        return _json_strings(raw, spec, shape)
     allowed = {"b": "b", "i": "iu", "u": "iu"}.get(DATATYPES[spec.datatype].kind, "iuf")
     if raw.size and raw.dtype.kind not in allowed:
         raise InferenceError(f"input '{spec.name}': 'data' must hold {spec.datatype} numbers, "
@@ -313,12 +319,46 @@ def _json_tensor(item: dict, spec: TensorSpec, shape: tuple[int, ...]) -> np.nda
     return raw.astype(DATATYPES[spec.datatype], copy=False).reshape(shape)
 
 
+def _json_strings(raw: np.ndarray, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """A BYTES tensor given as JSON strings -> an object array of ``str`` of ``shape`` (what onnxruntime takes)."""
+    if raw.size and raw.dtype.kind != "U":
+        raise InferenceError(f"input '{spec.name}': 'data' must hold strings for BYTES, found "
+                             f"{_kind_name(raw.dtype.kind) if raw.dtype.kind != 'U' else 'strings'}")
+    count = math.prod(shape)
+    if raw.size != count:
+        raise InferenceError(f"input '{spec.name}': shape {list(shape)} needs {count} elements, got {raw.size}")
+    return raw.astype(object).reshape(shape)
+
+
+def _binary_strings(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """A binary BYTES tensor: each element a 4-byte little-endian length and that many UTF-8 bytes."""
+    count, out, pos = math.prod(shape), [], 0
+    data = bytes(raw)
+    while pos < len(data) and len(out) < count:
+        if pos + 4 > len(data):
+            break
+        (n,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + n > len(data):
+            raise InferenceError(f"input '{spec.name}': element {len(out)} claims {n} bytes, more than are left")
+        try:
+            out.append(data[pos + 4:pos + 4 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InferenceError(f"input '{spec.name}': element {len(out)} is not UTF-8 text") from None
+        pos += 4 + n
+    if len(out) != count or pos != len(data):
+        raise InferenceError(f"input '{spec.name}': shape {list(shape)} needs {count} length-prefixed strings "
+                             f"filling binary_data_size {len(data)} exactly")
+    return np.array(out, dtype=object).reshape(shape)
+
+
 def _kind_name(kind: str) -> str:
     return {"U": "strings", "O": "null or mixed values", "b": "booleans", "f": "non-integers"}.get(kind, "other values")
 
 
 def _binary_tensor(raw: memoryview, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
     """Decode raw little-endian bytes into an array of ``shape``: a read-only view of the body."""
+    if spec.datatype == "BYTES":
+        return _binary_strings(raw, spec, shape)
     dtype = DATATYPES[spec.datatype]
     need = math.prod(shape) * dtype.itemsize
     if len(raw) != need:
