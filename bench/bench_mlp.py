@@ -1,23 +1,31 @@
-"""Epoch time of the MLP 784-256-128-10 (ReLU, Adam, batch 128) against the GEMM bound.
+"""Epoch time of the MLP 784-256-128-10 (ReLU, Adam, batch 128) against JAX, PyTorch and the GEMM bound.
 
-    python bench/bench_mlp.py [--epochs 10] [--limit N] [--random]
+    python bench/bench_mlp.py [--epochs 10] [--limit N] [--random] [--no-torch] [--no-jax]
 
 Trains on the 60,000 Fashion-MNIST training images (uint8, scaled by 1/255 inside the
 model; random data of that shape when the set is missing or with --random), no
-validation split, and reports in one run:
+validation split, in rounds: each round is one dnnspec epoch (``fit``, which goes on
+across rounds), then one epoch of each peer that imports (PyTorch; JAX + optax with one
+jitted step), all on the same network, data, batch size and (for the peers) batch order,
+then the GEMM bound. The machine's speed drifts between minutes, so the per-round ratios,
+taken within seconds, are what to compare; their medians are the figures. Also reported:
 
-* the median epoch time and epoch 1 vs the last epoch (dead ReLUs make Adam's moments
-  decay towards subnormal floats; the engine flushes them, so later epochs must not slow);
+* which path dnnspec ran (the fused numba optimizer step and training kernels of the
+  ``fast`` extra, or the NumPy passes; $DNNSPEC_FUSED=0 forces NumPy) and what the Adam
+  update alone costs on each path;
+* epoch 1 vs the last epoch (dead ReLUs make Adam's moments decay towards subnormal
+  floats; the engine flushes them, so later epochs must not slow);
 * the GEMM bound: every matrix product of one epoch (forward, weight gradients, input
   gradients except the first layer's, which nothing needs), each timed at its exact
-  shapes with NumPy in this process, times the number of steps; and the ratio to it;
-* the peak resident memory against the size of the data set;
-* the machine (CPU, cores, NumPy, BLAS).
+  shapes with NumPy in this process, times the number of steps;
+* the peak resident memory after dnnspec's first epoch (before the peers load) against
+  the size of the data set; the machine (CPU, cores, NumPy, BLAS).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import resource
@@ -31,7 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dnnspec import ir  # noqa: E402
+from dnnspec.engine import fused  # noqa: E402
 from dnnspec.engine.net import Net  # noqa: E402
+from dnnspec.engine.optim import Adam  # noqa: E402
 from dnnspec.engine.trainer import fit  # noqa: E402
 
 SIZES = (784, 256, 128, 10)
@@ -88,44 +98,115 @@ def gemm_bound(n: int, batch: int, reps: int = 200) -> tuple[float, float]:
     return total_s, total_flop / 1e9
 
 
-def torch_epoch(x: np.ndarray, y: np.ndarray, epochs: int = 3) -> tuple[float, str] | None:
-    """Median epoch of the same MLP in PyTorch (CPU, this process's threads), or None without torch.
+class Side:
+    """A peer framework's training of the same MLP: ``epoch(order)`` trains one epoch, returns its seconds."""
 
-    Same recipe: uint8 batches scaled by 1/255 inside the step, Adam lr 1e-3, batch 128,
-    reshuffled each epoch. torch is never a dependency; it is timed only when importable.
-    """
-    try:
+    name = version = ""
+
+    def epoch(self, order: np.ndarray) -> float:
+        raise NotImplementedError
+
+
+class TorchSide(Side):
+    """The same MLP in PyTorch (CPU, its default threads): uint8 batches scaled by 1/255 inside the step,
+    nn.Linear's init, Adam lr 1e-3, eager autograd and torch.optim.Adam (its default, foreach)."""
+
+    name = "PyTorch"
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
         import torch
-    except ImportError:
-        return None
-    torch.manual_seed(0)
-    layers = []
-    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    times = []
-    for _ in range(epochs):
+
+        self.torch = torch
+        torch.manual_seed(0)
+        layers = []
+        for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(SIZES) - 2:
+                layers.append(torch.nn.ReLU())
+        self.net = torch.nn.Sequential(*layers)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+        self.version = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def epoch(self, order):
+        torch, t = self.torch, time.perf_counter()
+        for idx in torch.from_numpy(order).split(BATCH):
+            xb = self.x[idx].float().mul_(1 / 255)
+            self.opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(self.net(xb), self.y[idx]).backward()
+            self.opt.step()
+        return time.perf_counter() - t
+
+
+class JaxSide(Side):
+    """The same MLP in JAX + optax: one jitted step (forward, grad, optax.adam(1e-3) update, apply), params and
+    optimizer state donated; uint8 batches gathered with NumPy as the others do, scaled by 1/255 inside the step.
+    A warm-up step per batch shape compiles before anything is timed; each epoch ends with block_until_ready."""
+
+    name = "JAX"
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        keys = jax.random.split(jax.random.PRNGKey(0), len(SIZES) - 1)
+        params = []
+        for k, (a, b) in zip(keys, zip(SIZES[:-1], SIZES[1:])):
+            bound = 1.0 / np.sqrt(a)  # nn.Linear's default, as the PyTorch side
+            params.append((jax.random.uniform(k, (a, b), jnp.float32, -bound, bound), jnp.zeros(b, jnp.float32)))
+        opt = optax.adam(1e-3)
+
+        def loss_fn(p, xb, yb):
+            h = xb.astype(jnp.float32) * (1 / 255)
+            for i, (w, b) in enumerate(p):
+                h = h @ w + b
+                if i < len(p) - 1:
+                    h = jax.nn.relu(h)
+            return optax.softmax_cross_entropy_with_integer_labels(h, yb).mean()
+
+        def step(p, state, xb, yb):
+            loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb)
+            updates, state = opt.update(grads, state, p)
+            return optax.apply_updates(p, updates), state, loss
+
+        self.jax, self.step = jax, jax.jit(step, donate_argnums=(0, 1))
+        self.params, self.state = params, opt.init(params)
+        self.x, self.y = x, y.astype(np.int32)
+        for b in sorted({BATCH, len(x) % BATCH} - {0}):  # compile every batch shape of an epoch now
+            self.params, self.state, _ = self.step(self.params, self.state, x[:b], self.y[:b])
+        jax.block_until_ready(self.params)
+        self.version = f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}"
+
+    def epoch(self, order):
         t = time.perf_counter()
-        for idx in torch.randperm(len(xt)).split(BATCH):
-            xb = xt[idx].float().mul_(1 / 255)
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(xb), yt[idx]).backward()
-            opt.step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        p, state = self.params, self.state
+        for i in range(0, len(order), BATCH):
+            idx = order[i:i + BATCH]
+            p, state, _ = self.step(p, state, self.x[idx], self.y[idx])
+        self.jax.block_until_ready(p)
+        self.params, self.state = p, state
+        return time.perf_counter() - t
 
 
-def adam_floor(net: Net, steps: int) -> float:
-    """Seconds per epoch of the Adam update alone (the optimizer's elementwise passes), measured here."""
-    from dnnspec.engine.optim import make_optimizer
+def peers(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> list[Side]:
+    """The peer sides whose packages import here (none is ever a dependency of dnnspec)."""
+    out = []
+    for flag, cls, module in ((args.no_torch, TorchSide, "torch"), (args.no_jax, JaxSide, "optax")):
+        if flag:
+            continue
+        try:
+            out.append(cls(x, y))
+        except ImportError as e:
+            print(f"({cls.name} skipped: {e}; pip install {module} to time it)")
+    return out
 
-    opt = make_optimizer(net.model.optimizer, net.params, net.trainable)
-    grads = {k: np.full_like(net.params[k], 1e-3) for k in net.trainable}
-    params = {k: v.copy() for k, v in net.params.items()}
+
+def update_alone(net: Net, steps: int, fused: bool | None) -> float:
+    """Seconds per epoch of the Adam update alone (the optimizer's elementwise work), measured here."""
+    params = {k: net.params[k].copy() for k in net.trainable}
+    opt = Adam(params, lr=1e-3, fused=fused)
+    grads = {k: np.full_like(v, 1e-3) for k, v in params.items()}
     for _ in range(5):
         opt.step(params, grads, 1e-3)
     t = time.perf_counter()
@@ -155,10 +236,11 @@ def machine() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="rounds: each trains one epoch of every side")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--random", action="store_true", help="random data instead of Fashion-MNIST")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison even when torch imports")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when torch imports")
+    p.add_argument("--no-jax", action="store_true", help="skip JAX even when jax and optax import")
     args = p.parse_args()
 
     x, y, what = load(args.random, args.limit)
@@ -168,30 +250,67 @@ def main() -> int:
                                  train={"epochs": args.epochs, "batch": BATCH, "validation": 0.0, "seed": 0},
                                  scale=1 / 255)
     net = Net(model)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    h = fit(net, x, y, progress=False)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    orders = np.random.default_rng(1)  # the peers' batch order: one permutation per round, the same for each
+    rounds: list[dict[str, float]] = []
+    sides: list[Side] = []
+    rss: list[float] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+
+    def round_done(epoch: int, row: dict) -> None:
+        """After dnnspec's epoch: the peers' epochs and the GEMM bound, within seconds of it."""
+        if epoch == 1:  # dnnspec's buffers all exist now; the peers load after this measurement
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            sides.extend(peers(x, y, args))
+        r = {"dnnspec": row["seconds"]}
+        order = orders.permutation(len(x))
+        for side in sides:
+            r[side.name] = side.epoch(order)
+        r["bound"] = gemm_bound(len(x), BATCH, reps=50)[0]
+        rounds.append(r)
+
+    h = fit(net, x, y, progress=False, on_epoch=round_done)
     bound, gflop = gemm_bound(len(x), BATCH)
-    secs = h["seconds"]
-    med = statistics.median(secs)
     print(f"machine: {machine()}")
     print(f"data: {what}, {x.shape[0]} x {x.shape[1]} {x.dtype} ({x.nbytes / 2**20:.0f} MiB); "
-          f"MLP 784-256-128-10 ReLU, Adam, batch {BATCH}, {args.epochs} epochs")
-    print(f"epoch times (s): {' '.join(f'{s:.3f}' for s in secs)}")
-    print(f"median epoch: {med:.3f} s; GEMM bound {bound:.3f} s ({gflop:.1f} GFLOP at {gflop / bound:.0f} GFLOP/s); "
-          f"ratio {med / bound:.2f}x (target <= 1.6x)")
-    print(f"epoch 1 vs epoch {len(secs)}: {secs[0]:.3f} s vs {secs[-1]:.3f} s (ratio {secs[-1] / secs[0]:.2f})")
+          f"MLP 784-256-128-10 ReLU, Adam, batch {BATCH}, {args.epochs} rounds of one epoch per side")
+    print(f"dnnspec optimizer step and training kernels: {fused.describe()} (DNNSPEC_FUSED=0: NumPy)")
+    for side in sides:
+        print(f"{side.name}: {side.version}")
+    report(rounds, [s.name for s in sides], gflop)
+    secs = h["seconds"]
+    print(f"dnnspec epoch 1 vs epoch {len(secs)}: {secs[0]:.3f} s vs {secs[-1]:.3f} s "
+          f"(dead ReLUs must not slow later epochs; epoch 1 includes loading the compiled step)")
     print(f"final training loss {h['loss'][-1]:.4f}, accuracy {h['accuracy'][-1]:.4f}")
     steps = -(-len(x) // BATCH)
-    floor = adam_floor(net, steps)
-    print(f"Adam update alone: {floor:.3f} s per epoch ({floor / bound:.2f}x the GEMM bound by itself)")
-    ref = None if args.no_torch else torch_epoch(x, y)
-    if ref is not None:
-        print(f"PyTorch ({ref[1]}): median epoch {ref[0]:.3f} s, {ref[0] / bound:.2f}x the GEMM bound; "
-              f"dnnspec / PyTorch = {med / ref[0]:.2f}")
-    print(f"peak RSS {rss:.0f} MiB (before training {rss0:.0f} MiB; data {x.nbytes / 2**20:.0f} MiB; "
-          f"growth {rss - rss0:.0f} MiB, budget data + 300 MiB)")
+    for which in ((True, False) if importlib.util.find_spec("numba") else (False,)):
+        alone = update_alone(net, steps, which)
+        print(f"Adam update alone, {'fused' if which else 'NumPy'} step: {alone:.3f} s per epoch "
+              f"({alone / bound:.2f}x the GEMM bound by itself)")
+    print(f"peak RSS after dnnspec's first epoch {rss[1]:.0f} MiB (before training {rss[0]:.0f} MiB; "
+          f"data {x.nbytes / 2**20:.0f} MiB; growth {rss[1] - rss[0]:.0f} MiB, budget data + 300 MiB)")
     return 0
+
+
+def report(rounds: list[dict[str, float]], names: list[str], gflop: float) -> None:
+    """Per-round seconds and ratios, their medians, and the targets (dnnspec <= JAX, <= 2x the GEMM bound)."""
+    cols = ["dnnspec", *names, "bound"]
+    ratios = [f"dnnspec/{n}" for n in names] + ["dnnspec/bound"]
+    print("round " + " ".join(f"{c:>9}" for c in cols) + "  " + " ".join(f"{c:>15}" for c in ratios))
+    per: dict[str, list[float]] = {c: [] for c in cols + ratios}
+    for i, r in enumerate(rounds, 1):
+        vals = [r[c] for c in cols]
+        rs = [r["dnnspec"] / r[n] for n in names] + [r["dnnspec"] / r["bound"]]
+        for c, v in zip(cols + ratios, vals + rs):
+            per[c].append(v)
+        print(f"{i:>5} " + " ".join(f"{v:>9.3f}" for v in vals) + "  " + " ".join(f"{v:>15.2f}" for v in rs))
+    med = {c: statistics.median(v) for c, v in per.items()}
+    print("  med " + " ".join(f"{med[c]:>9.3f}" for c in cols) + "  " + " ".join(f"{med[c]:>15.2f}" for c in ratios))
+    print(f"GEMM bound: {gflop:.1f} GFLOP an epoch at {gflop / med['bound']:.0f} GFLOP/s (median of rounds)")
+    if "JAX" in names:
+        verdict = "met" if med["dnnspec/JAX"] <= 1.0 else "not met"
+        print(f"target dnnspec <= JAX: median per-round ratio {med['dnnspec/JAX']:.2f}, medians "
+              f"{med['dnnspec']:.3f} s vs {med['JAX']:.3f} s: {verdict}")
+    verdict = "met" if med["dnnspec/bound"] <= 2.0 else "not met"
+    print(f"target dnnspec <= 2x the GEMM bound: median per-round ratio {med['dnnspec/bound']:.2f}: {verdict}")
 
 
 if __name__ == "__main__":

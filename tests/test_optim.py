@@ -1,15 +1,31 @@
-"""Optimizers against hand-written reference formulas, convergence, decay, clipping, subnormals."""
+"""Optimizers against hand-written reference formulas, convergence, decay, clipping, subnormals.
+
+Every test here runs twice: on the NumPy path and on the fused numba path (skipped where
+numba is not installed), chosen through ``$DNNSPEC_FUSED`` as a user would.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
 import pytest
 
-from dnnspec.engine.optim import SGD, AdaGrad, Adam, RMSProp, global_norm, make_optimizer
+from dnnspec.engine.optim import OPTIMIZERS, SGD, AdaGrad, Adam, RMSProp, global_norm, make_optimizer
 from dnnspec.ir import FrozenDict, Step
 from dnnspec.schema import OPTIMIZER
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@pytest.fixture(autouse=True, params=["numpy", "fused"])
+def path(request, monkeypatch):
+    """Each test once per optimizer path; the fused one requires numba."""
+    if request.param == "fused" and not HAS_NUMBA:
+        pytest.skip("numba is not installed (pip install 'dnnspec[fast]')")
+    monkeypatch.setenv("DNNSPEC_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
 
 # --- independent references: plain Python floats, one scalar at a time, straight from the formulas ---
 
@@ -67,16 +83,20 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-14), (np.float32, 2e-6, 1e-6)],
+                         ids=["float64", "float32"])
 @pytest.mark.parametrize("cls,opts,ref", CASES, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
-def test_steps_match_formulas(cls, opts, ref):
-    w0 = np.array([0.3, -1.2, 2.0])
+def test_steps_match_formulas(cls, opts, ref, dtype, rtol, atol, path):
+    w0 = np.array([0.3, -1.2, 2.0], dtype)
     params = {"a.kernel": w0.copy()}
     opt = cls(params, **opts)
-    scales = np.array([1.0, -0.5, 3.0])  # each coordinate sees a scaled copy of the sequence
+    assert opt.fused == (path == "fused")
+    scales = np.array([1.0, -0.5, 3.0], dtype)  # each coordinate sees a scaled copy of the sequence
     for k, g in enumerate(GRADS):
         opt.step(params, {"a.kernel": g * scales})
-        expect = [ref(w0[i], [gg * scales[i] for gg in GRADS[:k + 1]]) for i in range(3)]
-        np.testing.assert_allclose(params["a.kernel"], expect, rtol=1e-12, atol=1e-14)
+        expect = [ref(float(w0[i]), [gg * float(scales[i]) for gg in GRADS[:k + 1]]) for i in range(3)]
+        assert params["a.kernel"].dtype == dtype
+        np.testing.assert_allclose(params["a.kernel"], expect, rtol=rtol, atol=atol)
 
 
 def test_adam_moments_are_not_bias_corrected_in_place():
@@ -208,6 +228,62 @@ def test_clipping_by_global_norm():
     small = {"a.kernel": np.array([0.3, 0.0]), "b.bias": np.array([0.4])}
     SGD(params2, lr=1.0, clip_norm=1.0).step(params2, small)  # norm 0.5 < 1: untouched
     np.testing.assert_allclose(params2["b.bias"], [-0.4])
+
+
+def ref_chain(kind, opts, w0, grad_seq, lr):
+    """The documented chain per element, in Python floats: clip by the global norm, l2 (kernels), the rule,
+    decoupled decay (kernels, from the weight before the step). w0, grads: name -> list of floats."""
+    o = {"momentum": 0.0, "nesterov": False, "beta": 0.9, "beta1": 0.9, "beta2": 0.999,
+         "eps": 1e-8 if kind == "adam" else 1e-10, "weight_decay": 0.0, "decay_mode": "l2", "clip_norm": 0.0, **opts}
+    wd, w = o["weight_decay"], {n: list(v) for n, v in w0.items()}
+    st = {n: [{"v": 0.0, "m": 0.0, "s": 0.0} for _ in v] for n, v in w0.items()}
+    for t, grads in enumerate(grad_seq, start=1):
+        norm = math.sqrt(sum(g * g for gs in grads.values() for g in gs))
+        scale = o["clip_norm"] / norm if 0 < o["clip_norm"] < norm else 1.0
+        for n, gs in grads.items():
+            kernel = n.endswith(".kernel")
+            for i, g in enumerate(gs):
+                x, old = st[n][i], w[n][i]
+                g = g * scale + (wd * old if kernel and o["decay_mode"] == "l2" else 0.0)
+                if kind == "sgd":
+                    x["v"] = o["momentum"] * x["v"] + g
+                    d = (g + o["momentum"] * x["v"]) if o["nesterov"] else x["v"]
+                elif kind in ("adagrad", "rmsprop"):
+                    x["s"] = x["s"] + g * g if kind == "adagrad" else o["beta"] * x["s"] + (1 - o["beta"]) * g * g
+                    d = g / math.sqrt(x["s"] + o["eps"])
+                else:
+                    x["m"] = o["beta1"] * x["m"] + (1 - o["beta1"]) * g
+                    x["s"] = o["beta2"] * x["s"] + (1 - o["beta2"]) * g * g
+                    m_hat, s_hat = x["m"] / (1 - o["beta1"] ** t), x["s"] / (1 - o["beta2"] ** t)
+                    d = m_hat / math.sqrt(s_hat + o["eps"])
+                w[n][i] = old - lr * d - (lr * wd * old if kernel and o["decay_mode"] == "decoupled" else 0.0)
+    return w
+
+
+CHAIN_CASES = [
+    ("sgd", {"weight_decay": 0.3}), ("sgd", {"momentum": 0.9, "clip_norm": 1.0}),
+    ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "clip_norm": 2.0}),
+    ("adagrad", {"weight_decay": 0.2, "clip_norm": 1.5}), ("rmsprop", {"weight_decay": 0.1, "clip_norm": 1.0}),
+    ("adam", {"weight_decay": 0.1, "clip_norm": 1.0}), ("adam", {"weight_decay": 0.5, "decay_mode": "decoupled"}),
+    ("adam", {"weight_decay": 0.5, "decay_mode": "decoupled", "clip_norm": 0.8, "beta1": 0.5, "beta2": 0.9}),
+]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind,opts", CHAIN_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CHAIN_CASES)])
+def test_decay_and_clipping_match_the_chain(kind, opts, dtype, rtol):
+    """Weight decay (l2 and decoupled, kernels only) and clipping around every rule, against ref_chain."""
+    rng = np.random.default_rng(5)
+    w0 = {"d.kernel": rng.normal(size=4).astype(dtype), "d.bias": rng.normal(size=2).astype(dtype)}
+    seq = [{n: (rng.normal(size=v.size) * 2).astype(dtype) for n, v in w0.items()} for _ in range(8)]
+    params = {n: v.copy() for n, v in w0.items()}
+    opt = OPTIMIZERS[kind](params, lr=0.05, **opts)
+    for g in seq:
+        opt.step(params, {n: v.copy() for n, v in g.items()})
+    expect = ref_chain(kind, opts, {n: v.tolist() for n, v in w0.items()},
+                       [{n: v.tolist() for n, v in g.items()} for g in seq], 0.05)
+    for n in w0:
+        np.testing.assert_allclose(params[n], expect[n], rtol=rtol, atol=rtol * 1e-2, err_msg=n)
 
 
 def test_global_norm_reports_nonfinite():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import threads
+from . import fused, threads
 from .base import Op, grad_out, register
 from .threads import matmul, parallel
 
@@ -54,6 +54,25 @@ def _per_channel_piece(channel_axis: int):
     if channel_axis == 0:
         return lambda arr, lo, hi: arr[lo:hi]
     return lambda arr, lo, hi: arr
+
+
+def training_kernel(fn: Any, training: bool, *arrays: np.ndarray) -> Any:
+    """The compiled ``fn`` for a training pass over C-contiguous ``arrays``, else None (the NumPy passes).
+
+    Elementwise kernels (plain loops, written beside the op they speed up) run only in
+    training passes, with numba installed and ``$DNNSPEC_FUSED`` not 0 (engine/fused.py);
+    evaluation, export and serving never import numba. Each kernel does its NumPy
+    passes' operations, so both give the same bits.
+    """
+    if not training or not all(a.flags.c_contiguous for a in arrays):
+        return None
+    return fused.compiled(fn)
+
+
+def _flat_pieces(kernel: Any, *arrays: np.ndarray) -> None:
+    """kernel(a[lo:hi].reshape(-1), ...) over pieces of axis 0 (threads.parallel): rows are contiguous runs."""
+    first = arrays[0]
+    parallel(lambda lo, hi: kernel(*[a[lo:hi].reshape(-1) for a in arrays]), len(first), first.size)
 
 
 def _reduce_to(g: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -99,19 +118,46 @@ class Dense(BufferedOp):
 # --- activations ------------------------------------------------------------------
 
 
+def relu_kernel(x, y):
+    """y = max(x, 0) over flat arrays, as np.maximum: +0 for x <= 0 (and for -0), NaN kept."""
+    for i in range(x.size):
+        xi = x[i]
+        if xi > 0 or xi != xi:
+            y[i] = xi
+        else:
+            y[i] = 0
+
+
+def relu_grad_kernel(dy, y, dx):
+    """dx = dy * [y > 0] over flat arrays, as dy times the mask cast to 1.0 / 0.0 (so -0 for negative dy)."""
+    for i in range(dy.size):
+        d = dy[i]
+        dx[i] = d if y[i] > 0 else d * 0
+
+
 @register("relu")
 class ReLU(BufferedOp):
-    """y = max(0, x); dx = dy * [y > 0]."""
+    """y = max(0, x); dx = dy * [y > 0]. In training, one compiled pass each (relu_kernel, relu_grad_kernel):
+    NumPy's maximum and the bool-to-float multiply are several times slower than a plain pass."""
 
     def forward(self, x, params, training, rng):
         y = self.y = self.buf("y", x.shape)
-        parallel(lambda lo, hi: np.maximum(x[lo:hi], 0, out=y[lo:hi]), len(x), x.size)
+        kernel = self.compiled = training_kernel(relu_kernel, training, x)
+        if kernel is not None:
+            _flat_pieces(kernel, x, y)
+        else:
+            parallel(lambda lo, hi: np.maximum(x[lo:hi], 0, out=y[lo:hi]), len(x), x.size)
         return y
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
             return None
-        y, mask, dx = self.y, self.buf("mask", dy.shape, np.bool_), self.buf("dx", dy.shape)
+        y, dx = self.y, self.buf("dx", dy.shape)
+        kernel = training_kernel(relu_grad_kernel, self.compiled is not None, dy, y)
+        if kernel is not None:
+            _flat_pieces(kernel, dy, y, dx)
+            return dx
+        mask = self.buf("mask", dy.shape, np.bool_)
 
         def piece(lo: int, hi: int) -> None:
             np.greater(y[lo:hi], 0, out=mask[lo:hi])
@@ -148,13 +194,29 @@ class _AlphaOp(BufferedOp):
         """g'(m) written into ``out``, from g(m)."""
         raise NotImplementedError
 
+    #: g'(m) = g(m) + 1 (ELU) rather than 1 (leaky ReLU): tells alpha_grad_kernel which slope to take.
+    slope_from_g = False
+
     def forward(self, x, params, training, rng):
         a = self.alpha(params, x.ndim)
-        self.neg = self.g(np.minimum(x, 0, out=self.buf("neg", x.shape)))
-        self.pos = np.greater_equal(x, 0, out=self.buf("pos", x.shape, np.bool_))
-        y = np.multiply(self.neg, a, out=self.buf("y", x.shape))
+        neg, pos, y = self.buf("neg", x.shape), self.buf("pos", x.shape, np.bool_), self.buf("y", x.shape)
+        self.neg, self.pos = neg, pos
+        self.compiled = None if self.learn else training_kernel(min_kernel, training, x)
+        if self.compiled is not None:  # compiled passes around NumPy's g: min; g; then y and the mask together
+            _flat_pieces(self.compiled, x, neg)
+            self.g(neg)
+            kernel, c = fused.compiled(alpha_kernel), self._constants(a)
+            _flat_pieces(lambda xs, ns, ys, ps: kernel(xs, ns, c, ys, ps), x, neg, y, pos)
+            return y
+        self.g(np.minimum(x, 0, out=neg))
+        np.greater_equal(x, 0, out=pos)
+        np.multiply(neg, a, out=y)
         y += np.maximum(x, 0, out=self.buf("tmp", x.shape))
         return y
+
+    def _constants(self, a: Any) -> np.ndarray:
+        """[alpha, 1, 0] in the net's dtype: the kernels' scalars (a plain 1 or 0 would compute in float64)."""
+        return np.array([a, 1, 0], self.dtype)
 
     def backward(self, dy, params, grads):
         if self.learn:
@@ -162,10 +224,50 @@ class _AlphaOp(BufferedOp):
             _reduce_to(prod, grad_out(grads, self.ka, params[self.ka]))
         if not self.need_dx:
             return None
+        dx = self.buf("dx", dy.shape)
+        kernel = training_kernel(alpha_grad_kernel, self.compiled is not None, dy)
+        if kernel is not None:
+            c, from_g = self._constants(self.alpha(params, dy.ndim)), self.slope_from_g
+            _flat_pieces(lambda d, n, p, o: kernel(d, n, p, c, from_g, o), dy, self.neg, self.pos, dx)
+            return dx
         slope = self.dg(self.neg, self.buf("slope", dy.shape))
         slope *= self.alpha(params, dy.ndim)
         np.copyto(slope, 1, where=self.pos)
-        return np.multiply(dy, slope, out=self.buf("dx", dy.shape))
+        return np.multiply(dy, slope, out=dx)
+
+
+def min_kernel(x, m):
+    """m = min(x, 0) over flat arrays, as np.minimum: +0 for x >= 0 (and for -0), NaN kept."""
+    for i in range(x.size):
+        xi = x[i]
+        if xi < 0 or xi != xi:
+            m[i] = xi
+        else:
+            m[i] = 0
+
+
+def alpha_kernel(x, neg, c, y, pos):
+    """y = neg*alpha + max(x, 0) and pos = [x >= 0] over flat arrays; neg = g(min(x, 0)), c = [alpha, 1, 0]."""
+    a, zero = c[0], c[2]
+    for i in range(x.size):
+        xi = x[i]
+        if xi > 0 or xi != xi:
+            y[i] = neg[i] * a + xi
+        else:
+            y[i] = neg[i] * a + zero
+        pos[i] = xi >= 0
+
+
+def alpha_grad_kernel(dy, neg, pos, c, from_g, dx):
+    """dx = dy * slope: 1 where pos, else g'(m)*alpha = (neg + 1)*alpha (ELU, from_g) or 1*alpha (leaky)."""
+    a, one = c[0], c[1]
+    for i in range(dy.size):
+        if pos[i]:
+            dx[i] = dy[i] * one
+        elif from_g:
+            dx[i] = dy[i] * ((neg[i] + one) * a)
+        else:
+            dx[i] = dy[i] * (one * a)
 
 
 @register("leaky_relu")
@@ -183,6 +285,8 @@ class LeakyReLU(_AlphaOp):
 @register("elu")
 class ELU(_AlphaOp):
     """y = x if x >= 0 else alpha (e^x - 1): g(m) = expm1(m), g'(m) = e^m = g(m) + 1."""
+
+    slope_from_g = True
 
     def g(self, m):
         return np.expm1(m, out=m)
@@ -356,6 +460,10 @@ class BatchNorm(BufferedOp):
         self._update_running(params, mu.reshape(-1), var)
         scale = (gamma.reshape(-1) * self.inv_std).reshape(cs)
         y = self.buf("y", x.shape)
+        kernel = self.compiled = training_kernel(bn_kernel, ax == 1 and self.layout is None, xc)
+        if kernel is not None:  # y = xc*scale + beta in one pass (channels on axis 1)
+            _channel_pieces(kernel, (xc, y), (scale.reshape(-1), beta.reshape(-1)))
+            return y
 
         def normalise(lo: int, hi: int) -> None:
             np.multiply(xc[lo:hi], pc(scale, lo, hi), out=y[lo:hi])
@@ -394,7 +502,13 @@ class BatchNorm(BufferedOp):
         b = (-a * s * s * dyxc / m).astype(self.dtype).reshape(self.cs)
         c0 = (-a * dbeta / m).astype(self.dtype).reshape(self.cs)
         a = a.astype(self.dtype).reshape(self.cs)
-        dx, tmp = self.buf("dx", dy.shape), self.buf("tmp", dy.shape)
+        dx = self.buf("dx", dy.shape)
+        kernel = training_kernel(bn_grad_kernel, self.compiled is not None, dy)
+        if kernel is not None:  # dx = dy*a + xc*b + c0 in one pass
+            _channel_pieces(lambda d, x_, o, a_, b_, c_: kernel(d, x_, a_, b_, c_, o),
+                            (dy, xc, dx), (a.reshape(-1), b.reshape(-1), c0.reshape(-1)))
+            return dx
+        tmp = self.buf("tmp", dy.shape)
         pc = _per_channel_piece(self.ax)
 
         def piece(lo: int, hi: int) -> None:
@@ -416,6 +530,45 @@ class BatchNorm(BufferedOp):
         if not self.need_dx:
             return None
         return np.multiply(dy, self.scale, out=self.buf("dx", dy.shape))
+
+
+def _channel_pieces(kernel: Any, arrays: tuple[np.ndarray, ...], per_channel: tuple[np.ndarray, ...]) -> None:
+    """kernel(*arrays as (n, C, rest) views of rows lo..hi-1, *per_channel (C,)) over pieces of axis 0."""
+    n, c = arrays[0].shape[:2]
+    parallel(lambda lo, hi: kernel(*[a[lo:hi].reshape(hi - lo, c, -1) for a in arrays], *per_channel),
+             n, arrays[0].size)
+
+
+def bn_kernel(xc, y, scale, beta):
+    """y = xc*scale + beta per channel; xc, y (N, C, R) with the channels on axis 1, scale and beta (C,)."""
+    n, c, r = xc.shape
+    if r == 1:  # (N, F): loop over features innermost, so that it vectorises
+        x2, y2 = xc.reshape(n, c), y.reshape(n, c)
+        for i in range(n):
+            for j in range(c):
+                y2[i, j] = x2[i, j] * scale[j] + beta[j]
+        return
+    for i in range(n):
+        for j in range(c):
+            s, b = scale[j], beta[j]
+            for k in range(r):
+                y[i, j, k] = xc[i, j, k] * s + b
+
+
+def bn_grad_kernel(dy, xc, a, b, c0, dx):
+    """dx = (dy*a + xc*b) + c0 per channel (BatchNorm.backward's a, b, c0, each (C,)); arrays (N, C, R)."""
+    n, c, r = dy.shape
+    if r == 1:
+        d2, x2, o2 = dy.reshape(n, c), xc.reshape(n, c), dx.reshape(n, c)
+        for i in range(n):
+            for j in range(c):
+                o2[i, j] = (d2[i, j] * a[j] + x2[i, j] * b[j]) + c0[j]
+        return
+    for i in range(n):
+        for j in range(c):
+            aj, bj, cj = a[j], b[j], c0[j]
+            for k in range(r):
+                dx[i, j, k] = (dy[i, j, k] * aj + xc[i, j, k] * bj) + cj
 
 
 # --- dropout and flatten ----------------------------------------------------------
@@ -449,10 +602,17 @@ class Dropout(BufferedOp):
         if rng is None:
             raise ValueError(f"{self.name}: dropout in training mode needs a random generator")
         u = rng.random(x.shape, dtype=self.dtype, out=self.buf("u", x.shape))
-        kept = np.less(u, self.keep, out=self.buf("kept", x.shape, np.bool_))
         value = self.dtype.type(1.0 / self.keep if self.inverted else 1.0)
+        y = self.buf("y", x.shape)
+        kernel = self.compiled = training_kernel(dropout_kernel, training, x)
+        if kernel is not None:  # the mask, its scaling and the product in one pass
+            c = np.array([self.keep, value, 0], self.dtype)
+            _flat_pieces(lambda xs, us, ys: kernel(xs, us, c, ys), x, u, y)
+            self.mult = u
+            return y
+        kept = np.less(u, self.keep, out=self.buf("kept", x.shape, np.bool_))
         self.mult = np.multiply(kept, value, out=u)  # mask already scaled: one multiply per pass
-        return np.multiply(x, self.mult, out=self.buf("y", x.shape))
+        return np.multiply(x, self.mult, out=y)
 
     def backward(self, dy, params, grads):
         if not self.need_dx:
@@ -464,6 +624,15 @@ class Dropout(BufferedOp):
         if self.mult is None:
             return dy
         return np.multiply(dy, self.mult, out=self.buf("dx", dy.shape))
+
+
+def dropout_kernel(x, u, c, y):
+    """u <- mult = value if u < keep else 0;  y = x * mult  (flat arrays; c = [keep, value, 0] in x's dtype)."""
+    keep, value, zero = c[0], c[1], c[2]
+    for i in range(x.size):
+        m = value if u[i] < keep else zero
+        u[i] = m
+        y[i] = x[i] * m
 
 
 @register("flatten")

@@ -35,9 +35,15 @@ says below what, per state slot (the one place to look for this rule):
   never decays and is never flushed. Zeroing a squared-gradient state that is large next
   to ``eps`` would change the step (by 23 % in Adam at ``eps=1e-30``).
 
-Speed: all state of one kind (``m``, ``s``, ``v``, scratch) lives in one flat buffer with a
-view per parameter, so the steps that do not touch a gradient run as one NumPy call over
-every parameter at once instead of one per array.
+Two paths, one rule. With numba installed (``pip install 'dnnspec[fast]'``) each step runs
+the compiled kernels of :mod:`dnnspec.engine.fused_kernels`: clipping, decay, the update of
+the weights and of every state slot, and the flush, in one pass per element; they perform
+the NumPy path's operations in its order and dtype, so both paths give the same bits.
+Without numba, or with ``$DNNSPEC_FUSED=0`` (see :mod:`dnnspec.engine.fused`), the NumPy
+path below runs. In it all state of one kind (``m``, ``s``, ``v``, scratch) lives in one
+flat buffer with a view per parameter, so the steps that do not touch a gradient run as
+one NumPy call over every parameter at once instead of one per array; the fused path
+slices the same buffers.
 """
 
 from __future__ import annotations
@@ -48,10 +54,15 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ..ir import Step
+from . import fused as _fused
+from . import threads
 from .threads import parallel
 
 _FLUSH_SHRINK = 2.0 ** -40   # a trace may shrink by at most this between two flushes
 _FLUSH_ABOVE_TINY = 2.0 ** 44  # flush threshold = tiny * this, so flushed-to survivors stay normal
+#: The fused step splits over the engine's threads (inside threads.own_threads) only from this many
+#: elements: it costs ~0.2 ns per element, so a smaller step is done before a worker has woken up.
+FUSED_SPLIT_MIN = 1 << 21
 
 
 def is_decayed(name: str) -> bool:
@@ -97,7 +108,9 @@ class Optimizer:
 
     ``params``: name -> array (updated in place by :meth:`step`); ``names``: the trainable
     ones (default: every name), all of one float dtype. ``state[slot][name]`` are views
-    into one flat zero-initialised buffer per slot, allocated here once.
+    into one flat zero-initialised buffer per slot, allocated here once. ``fused``: True
+    for the compiled one-pass step (needs numba), False for the NumPy passes, None (default)
+    for what ``$DNNSPEC_FUSED`` says, which is the fused step whenever numba is installed.
     """
 
     kind = "optimizer"
@@ -105,7 +118,7 @@ class Optimizer:
 
     def __init__(self, params: Mapping[str, np.ndarray], names: Iterable[str] | None = None, *,
                  lr: float = 0.01, weight_decay: float = 0.0, decay_mode: str = "l2",
-                 clip_norm: float = 0.0) -> None:
+                 clip_norm: float = 0.0, fused: bool | None = None) -> None:
         self.names = list(params if names is None else names)
         self.shapes = {n: params[n].shape for n in self.names}
         self.dtype = np.result_type(*[params[n].dtype for n in self.names]) if self.names else np.float32
@@ -126,6 +139,13 @@ class Optimizer:
         self._flush_below = np.finfo(self.dtype).tiny * _FLUSH_ABOVE_TINY
         self._sizes = {n: math.prod(s) for n, s in self.shapes.items()}
         self._offsets = list(zip(self.names, np.cumsum([0] + [self._sizes[n] for n in self.names[:-1]]).tolist()))
+        self._kernels = _fused.kernels(fused)
+        self._all = self._segments(0, self._tmp_flat.size)
+
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`step` runs the compiled kernels (else the NumPy passes)."""
+        return self._kernels is not None
 
     def _buffer(self, zero: bool = False) -> np.ndarray:
         size = sum(math.prod(s) for s in self.shapes.values())
@@ -152,6 +172,9 @@ class Optimizer:
         """
         lr = self.lr if lr is None else float(lr)
         self.t += 1
+        if self._kernels is not None and self._fits_kernels(params):
+            self._fused_step(params, grads, lr, grad_norm)
+            return
         gs = self._effective_grads(params, grads, grad_norm)
         if self.decay_mode == "decoupled" and self.weight_decay > 0.0:
             # w - lr*dir - lr*wd*w == w*(1 - lr*wd) - lr*dir, since no direction reads w
@@ -167,11 +190,7 @@ class Optimizer:
         """The gradients after clipping and l2 decay, in scratch buffers (the caller's are untouched)."""
         if not self._g:
             return grads
-        scale = 1.0
-        if self.clip_norm > 0.0:
-            norm = global_norm(grads, self.names) if grad_norm is None else grad_norm
-            if norm > self.clip_norm:
-                scale = self.clip_norm / norm
+        scale = self._clip_scale(grads, grad_norm)
         l2 = self.weight_decay if self.decay_mode == "l2" else 0.0
         for n in self.names:
             g = np.multiply(grads[n], scale, out=self._g[n])
@@ -179,9 +198,71 @@ class Optimizer:
                 g += l2 * params[n]
         return self._g
 
+    def _clip_scale(self, grads, grad_norm) -> float:
+        """min(1, clip_norm / ||grads||), 1 without clipping."""
+        if self.clip_norm > 0.0:
+            norm = global_norm(grads, self.names) if grad_norm is None else grad_norm
+            if norm > self.clip_norm:
+                return self.clip_norm / norm
+        return 1.0
+
     def _update(self, params, grads, lr: float) -> None:
         """w <- w - lr * direction(g) for every trainable array; subclasses implement it."""
         raise NotImplementedError
+
+    # --- the fused path (numba; see fused_kernels.py) -----------------------------
+
+    def _fits_kernels(self, params) -> bool:
+        """The kernels take flat views: every weight array C-contiguous and of the state's dtype."""
+        return all(params[n].flags.c_contiguous and params[n].dtype == self.dtype for n in self.names)
+
+    def _fused_kernel(self):
+        """The compiled ``kernel(w, g, *state, c)`` of this optimizer."""
+        raise NotImplementedError
+
+    def _fused_scalars(self, lr: float) -> list[float]:
+        """The optimizer's own scalars for its kernel, between the shared front and the flush floors."""
+        raise NotImplementedError
+
+    def _fused_step(self, params, grads, lr: float, grad_norm) -> None:
+        """The whole update in one compiled pass per element: front, direction, state and flush.
+
+        The same scalars as the NumPy path, cast to the dtype the same way, so the same bits:
+        c = [scale, l2, keep, *own scalars, *floors], where l2 and keep apply to kernels only
+        and the floors are :meth:`flush_floors` on a flush step, 0 (nothing flushed) otherwise.
+        A gradient of another dtype is cast to the state's first (the engine's never are).
+        """
+        scale = self._clip_scale(grads, grad_norm)
+        floors = self.flush_floors() if self.slots and self.t % self._flush_every == 0 else {}
+        own = self._fused_scalars(lr) + [floors.get(slot, 0.0) for slot in self.slots]
+        wd = self.weight_decay
+        l2 = wd if self.decay_mode == "l2" else 0.0
+        keep = 1.0 - lr * wd if self.decay_mode == "decoupled" else 1.0
+        plain = np.array([scale, 0.0, 1.0, *own], self.dtype)
+        decayed = np.array([scale, l2, keep, *own], self.dtype)
+        kernel, slots = self._fused_kernel(), [self._flat[slot] for slot in self.slots]
+        flat = {n: np.ascontiguousarray(grads[n], self.dtype).reshape(-1) for n in self.names}
+        size = self._tmp_flat.size
+
+        def piece(lo: int, hi: int) -> None:  # flat positions lo..hi-1 of every state buffer
+            for n, a, b, f in self._all if (lo, hi) == (0, size) else self._segments(lo, hi):
+                c = decayed if is_decayed(n) else plain
+                kernel(params[n].reshape(-1)[a:b], flat[n][a:b], *[st[f:f + b - a] for st in slots], c)
+
+        if threads.active() and size >= FUSED_SPLIT_MIN:
+            parallel(piece, size, size)
+        else:
+            piece(0, size)
+
+    def _segments(self, lo: int, hi: int) -> list[tuple[str, int, int, int]]:
+        """(name, a, b, flat start) for each array overlapping flat positions [lo, hi): its elements a..b-1."""
+        out = []
+        for n, start in self._offsets:
+            size = self._sizes[n]
+            a, b = max(lo, start) - start, min(hi, start + size) - start
+            if a < b:
+                out.append((n, a, b, start + a))
+        return out
 
     def _apply(self, params) -> None:
         """w <- w - tmp for each array: the last per-array pass of every update."""
@@ -243,6 +324,12 @@ class SGD(Optimizer):
     def decays(self):
         return (self.momentum,)
 
+    def _fused_kernel(self):
+        return self._kernels.momentum if self.slots else self._kernels.sgd
+
+    def _fused_scalars(self, lr):
+        return [lr, self.momentum, float(self.nesterov)] if self.slots else [lr]
+
     def _update(self, params, grads, lr):
         tmp = self._tmp_flat
         if not self.slots:
@@ -281,6 +368,14 @@ class AdaGrad(Optimizer):
         """``s`` sits under sqrt(s + eps): zeroed only where that moves no step (never, for AdaGrad)."""
         floor = root_flush_floor(self.eps, self.s_decay(), self._flush_every, self.dtype)
         return {"s": min(self._flush_below, floor)}
+
+    def _fused_kernel(self):
+        return self._kernels.root
+
+    def _fused_scalars(self, lr):
+        """lr, beta, 1 - beta, eps, decaying: AdaGrad's sum is ``s + g*g``, not ``1*s + 0*g*g``."""
+        beta = self.s_decay()
+        return [lr, beta, 1.0 - beta, self.eps, float(beta != 1.0)]
 
     def _update(self, params, grads, lr):
         for n in self.names:
@@ -352,6 +447,14 @@ class Adam(Optimizer):
         floor = root_flush_floor(self.eps * c2, self.beta2, self._flush_every, self.dtype)
         return {"m": self._flush_below, "s": min(self._flush_below, floor)}
 
+    def _fused_kernel(self):
+        return self._kernels.adam
+
+    def _fused_scalars(self, lr):
+        """b1, 1 - b1, b2, 1 - b2, eps*c2, lr*sqrt(c2)/c1: the NumPy path's folded scalars."""
+        c1, c2 = 1.0 - self.beta1 ** self.t, 1.0 - self.beta2 ** self.t
+        return [self.beta1, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2, self.eps * c2, lr * math.sqrt(c2) / c1]
+
     def _update(self, params, grads, lr):
         m, s, tmp, sq = self._flat["m"], self._flat["s"], self._tmp_flat, self._sq_flat
         c1 = 1.0 - self.beta1 ** self.t
@@ -384,16 +487,6 @@ class Adam(Optimizer):
             parallel(piece, m.size, 12 * m.size)  # split over threads only inside threads.own_threads()
         else:
             piece(0, m.size)
-
-    def _segments(self, lo: int, hi: int) -> list[tuple[str, int, int, int]]:
-        """(name, a, b, flat start) for each array overlapping flat positions [lo, hi): its elements a..b-1."""
-        out = []
-        for n, start in self._offsets:
-            size = self._sizes[n]
-            a, b = max(lo, start) - start, min(hi, start + size) - start
-            if a < b:
-                out.append((n, a, b, start + a))
-        return out
 
 
 def _ema(buf: np.ndarray, x: np.ndarray, beta: float) -> None:
