@@ -1,58 +1,133 @@
-"""The engine's own threads: memory-bound passes and GEMMs split over the CPU cores.
+"""The engine's own threads: how many, chosen from the CPUs it may use and re-chosen as others compete.
 
 NumPy runs elementwise work (im2col, col2im, pooling masks, activations) on one core,
-and BLAS threads its GEMMs itself. On a two-core machine that leaves the second core
-idle for about half of a CNN training step, and splitting the elementwise passes over
-Python threads (NumPy releases the GIL inside them) does not help while BLAS is
-threaded: OpenBLAS's worker keeps spinning on the other core for a while after every
-GEMM. So inside :func:`own_threads` BLAS runs single-threaded (through threadpoolctl)
-and the engine splits both kinds of work itself, with one pool of ``threads() - 1``
-workers plus the calling thread:
+and BLAS threads its GEMMs itself. OpenBLAS's workers spin on their core for a while
+after every GEMM: with another process on that core this is ruinous (on the 2-core
+machine under other users' load an MLP step took 20-100 times its quiet time). So inside
+:func:`own_threads` BLAS runs single-threaded (through threadpoolctl) and the engine
+splits its work itself over the workers of :mod:`dnnspec.engine.crew`, which spin only
+briefly inside a pass:
 
 * :func:`parallel` runs ``fn(lo, hi)`` over pieces of a range (examples, channels);
-* :func:`matmul` is ``np.matmul`` with the output split along its longest axis, or
-  along the reduction axis with partial sums when the output is small;
-* :func:`copy` is a layout-changing copy (optionally adding a broadcast array) split
-  along axis 0.
+* :func:`matmul` is ``np.matmul`` cut into a fixed number of pieces (see below);
+* :func:`copy` is a layout-changing copy (optionally adding a broadcast array) split along axis 0.
 
-Outside the context both run as plain single calls, so ops work the same in any
-caller. Results do not depend on the thread count except through the order of the
-partial sums of a reduction split (deterministic for a given thread count).
-``$DNNSPEC_THREADS`` sets the count (1 turns all of this off).
+**How many threads.** The budget is the CPUs this process may really use
+(:func:`dnnspec.engine.cpus.cpu_budget`: affinity mask and cgroup CPU quota, at most 8).
+``$DNNSPEC_THREADS=N`` fixes the count at N. Otherwise a :class:`Governor` picks the
+count among ``1, 2, 4, ...`` up to the budget between training steps (:func:`step`,
+called by ``Net.loss_and_grads``), from the CPU time other processes take on our CPUs
+(``/proc/stat``) and, where that leaves a choice, from measured step times.
+
+**Results do not depend on the thread count**, so the governor may switch at any step:
+
+* BLAS is single-threaded in the context whatever the count: OpenBLAS's sgemm gives
+  different bits with 1 and 2 threads (and even for row pieces of one product);
+* a matrix product is cut into :func:`pieces` parts whose bounds depend on the shapes
+  and the CPU budget only (never on ``$DNNSPEC_THREADS`` or the governor); the threads
+  share out whole pieces, each piece is the same BLAS call whoever runs it, and partial
+  sums of a reduction split are added in piece order;
+* :func:`parallel` pieces write disjoint outputs with elementwise operations, which give
+  the same bits however the range is cut.
+
+Outside the context everything runs as plain single calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
+from . import cpus
+from .crew import Crew, run_job, training_started
+from .crew import blas as crew_blas
+
+ENV = "DNNSPEC_THREADS"
 #: Below this many elements a pass runs in one piece (a hand-off to a worker costs ~20-50 us).
 PARALLEL_MIN = 1 << 16
 #: Below this many multiply-adds a matrix product runs in one call.
 MATMUL_MIN = 1 << 21
+#: At most this many threads, and this many pieces of a matrix product.
+MAX_THREADS = 8
+MAX_PIECES = 4
 
-_pool: ThreadPoolExecutor | None = None
+_crew: Crew | None = None
 _lock = threading.Lock()
-_active = 0  # depth of own_threads() contexts in effect
+_depth = 0  # depth of own_threads() contexts in effect
+_k = 1  # threads in use inside the context
+_fixed: int | None = None  # $DNNSPEC_THREADS as read by the outermost context
+_limit: Any = None  # threadpoolctl's BLAS limit while any context is held
+_meter: cpus.CpuMeter | None = None
 _controller: Any = None
+_budget: int | None = None
+_governor: Governor | None = None
+
+
+def budget() -> int:
+    """CPUs this process may use (affinity, cgroup quota; engine/cpus.py), at most MAX_THREADS; measured once."""
+    global _budget
+    if _budget is None:
+        _budget = min(cpus.cpu_budget(), MAX_THREADS)
+    return _budget
+
+
+def requested() -> int | None:
+    """``$DNNSPEC_THREADS`` as a count, or None when unset, empty or ``auto`` (the governor chooses)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"${ENV} is {os.environ[ENV]!r}; expected a whole number of threads >= 1, "
+                         f"or auto (chosen from the CPUs this process may use)")
+    return int(value)
 
 
 def threads() -> int:
-    """Threads for the engine: ``$DNNSPEC_THREADS``, else the CPUs this process may use (at most 8)."""
-    env = os.environ.get("DNNSPEC_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    """Threads in use: inside :func:`own_threads` the count in effect, else ``$DNNSPEC_THREADS`` or the budget."""
+    return _k if _depth else (requested() or budget())
+
+
+def pieces() -> int:
+    """Pieces of a split matrix product: the CPU budget, at most MAX_PIECES (never ``$DNNSPEC_THREADS``).
+
+    The count fixes the summation order of a reduction split and which rows or columns
+    each BLAS call sees, so it must not follow the thread count; single-threaded, each
+    extra piece costs 1-3 % more on the MLP's products (re-packing the other operand).
+    """
+    return min(budget(), MAX_PIECES)
+
+
+def governor() -> Governor:
+    """The process's governor (created on first use)."""
+    global _governor
+    if _governor is None:
+        _governor = Governor(budget(), meter=meter())
+    return _governor
+
+
+def meter() -> cpus.CpuMeter:
+    """The process's CpuMeter. Made when the engine is imported (and in a forked child at the fork), so
+    that its first window spans the loading of the data: the first training step already knows
+    whether others use the CPUs."""
+    global _meter
+    if _meter is None:
+        _meter = cpus.CpuMeter()
+    return _meter
+
+
+def reset() -> None:
+    """Forget what the governor has learnt (and the budget): the next context starts afresh (benchmarks, tests)."""
+    global _governor, _budget
+    _governor, _budget = None, None
 
 
 def _blas_controller() -> Any:
@@ -70,56 +145,95 @@ def _blas_controller() -> Any:
 
 @contextlib.contextmanager
 def own_threads() -> Iterator[None]:
-    """Single-threaded BLAS while the engine splits its work itself (see the module doc); nests."""
-    global _active
-    controller = _blas_controller() if threads() > 1 else None
-    if controller is None:
-        yield
-        return
+    """Single-threaded BLAS while the engine splits its work itself (see the module doc); nests.
+
+    The outermost entry (of any thread) fixes the thread count (``$DNNSPEC_THREADS`` or the
+    governor's) and limits BLAS to one thread until the last context of any thread ends;
+    :func:`step` may change the count between training steps.
+    """
+    global _depth, _k, _fixed, _limit
     with _lock:
-        outer = _active == 0
-        _active += 1
-    try:
+        outer = _depth == 0
+        fixed = requested() if outer else _fixed  # a bad value raises before anything changed
+        _depth += 1
         if outer:
-            with controller.limit(limits=1, user_api="blas"):
-                yield
-        else:
-            yield
+            _fixed = fixed
+            _k = fixed or governor().start(threading.get_ident())
+            controller = _blas_controller()
+            _limit = controller.limit(limits=1, user_api="blas") if controller else None
+    try:
+        yield
     finally:
         with _lock:
-            _active -= 1
+            _depth -= 1
+            depth = _depth
+            if depth == 0 and _limit is not None:
+                _limit.restore_original_limits()
+                _limit = None
+        _leave(depth)
+
+
+def _leave(depth: int) -> None:
+    """A context ends. Leaving a pass (depth <= 1: the trainer holds one around the epoch) the
+    workers stop spinning: a spinning worker slows the caller's single-threaded work (the
+    optimizer step, the next batch) where the two CPUs are SMT siblings. Leaving the
+    outermost context stops the governor's clock."""
+    if depth <= 1 and _crew is not None:
+        _crew.cool()
+    if depth == 0 and _governor is not None:
+        _governor.stop()
+
+
+def step() -> None:
+    """Mark the start of a training step (``Net.loss_and_grads``): the governor's clock and switch point."""
+    global _k
+    if not _depth:
+        return
+    if training_started() and _crew is not None:
+        _crew.renew()  # machine-code workers from now on (crew.py); evaluation alone never loads numba
+    if _governor is not None and _fixed is None:
+        k = _governor.step(threading.get_ident())
+        if k < _k and _crew is not None:
+            _crew.cool(keep=k - 1)  # idle workers must not spin beside a busy neighbour
+        _k = k
+    if _k > 1:
+        _workers().warm(_k - 1)  # awake (and spinning) by the first split of the pass
 
 
 def active() -> bool:
-    return _active > 0
+    """Inside :func:`own_threads` with more than one thread: splitting a pass can pay."""
+    return _depth > 0 and _k > 1
 
 
 def _forget_pool_after_fork() -> None:
     """In a forked child the pool's threads do not exist: start afresh (else a submit would wait forever)."""
-    global _pool, _lock, _active
-    _pool, _lock, _active = None, threading.Lock(), 0
+    global _crew, _lock, _depth, _k, _governor, _budget, _limit, _meter
+    _crew, _lock, _depth, _k, _governor, _budget, _limit = None, threading.Lock(), 0, 1, None, None, None
+    _meter = None
+    meter()  # the child's CPU time starts at 0: a window from here
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
+meter()
 
 
-def _workers(k: int) -> ThreadPoolExecutor:
-    global _pool
+def _workers() -> Crew:
+    global _crew
     with _lock:
-        if _pool is None or _pool._max_workers < k - 1:
-            _pool = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="dnnspec")
-        return _pool
+        if _crew is None:
+            _crew = Crew()
+        return _crew
 
 
 def parallel(fn: Callable[[int, int], Any], n: int, size: int) -> None:
     """Run ``fn(lo, hi)`` over ``[0, n)`` in contiguous pieces, one per thread, inside :func:`own_threads`.
 
-    ``fn`` must write disjoint outputs for disjoint ranges, so that the result does not
-    depend on the split. ``size``: elements the whole call touches; small calls, and all
-    calls outside :func:`own_threads`, run as ``fn(0, n)``.
+    ``fn`` must write disjoint outputs for disjoint ranges with elementwise operations, so
+    that the result does not depend on the split. ``size``: elements the whole call
+    touches; small calls, and all calls outside :func:`own_threads`, run as ``fn(0, n)``.
     """
-    k = min(threads(), n) if _active and size >= PARALLEL_MIN else 1
+    k = min(_k, n) if _depth and size >= PARALLEL_MIN else 1
     if k <= 1:
         fn(0, n)
         return
@@ -140,54 +254,243 @@ def copy(out: np.ndarray, src: np.ndarray, add: np.ndarray | None = None) -> np.
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``np.matmul(a, b, out=out)``, split over the engine's threads inside :func:`own_threads`.
+    """``np.matmul(a, b, out=out)`` for ``a`` (..., M, K), ``b`` (..., K, N), in :func:`pieces` parts.
 
-    The output is split along its longest matrix axis (rows of ``a`` or columns of
-    ``b``; views, no copies); when the reduction axis is 32 times longer than both
-    output axes (a weight gradient such as ``(F, M) @ (M, K)`` with small F and K) the
-    reduction is split instead, so that each thread reads its own part of both
-    operands, and the partial products are added.
+    Inside :func:`own_threads`, a product of at least MATMUL_MIN multiply-adds is cut
+    along the longest output axis (rows of ``a`` or columns of ``b``; views, no copies),
+    or, when the reduction axis K is 32 times longer than both output axes (a weight
+    gradient such as ``(F, M) @ (M, K)`` with small F and K), along K, each piece into
+    its own output, added in piece order. The cut depends on the shapes and ``pieces()``
+    only; the threads in use share out the pieces, so the bits do not depend on them.
+    2-D pieces go straight to BLAS (engine/crew.py), others through ``np.matmul``.
     """
     m, kdim, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = out.size // (m * n) if m * n else 0
-    k = min(threads(), 8) if _active and batch * m * n * kdim >= MATMUL_MIN else 1
-    if k <= 1:
+    p = pieces() if _depth and batch * m * n * kdim >= MATMUL_MIN else 1
+    if p <= 1:
         return np.matmul(a, b, out=out)
-    if kdim < 32 * max(m, n):  # else the reduction is long next to the output: split it
-        if m >= n:
-            parallel_pieces(lambda lo, hi: np.matmul(a[..., lo:hi, :], b, out=out[..., lo:hi, :]), m, k)
-        else:
-            parallel_pieces(lambda lo, hi: np.matmul(a, b[..., lo:hi], out=out[..., lo:hi]), n, k)
-        return out
-    parts = [np.empty_like(out) for _ in range(k - 1)]
-    targets = [out, *parts]
-
-    def piece(i: int, lo: int, hi: int) -> None:
-        np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=targets[i])
-
-    parallel_pieces(piece, kdim, k, indexed=True)
-    for p in parts:
-        out += p
+    targets = [out]
+    if kdim >= 32 * max(m, n):  # the reduction is long next to the output: split it
+        axis, bounds = "k", _bounds(kdim, p)
+        targets += [np.empty_like(out) for _ in range(p - 1)]
+    else:
+        axis, bounds = ("m", _bounds(m, p)) if m >= n else ("n", _bounds(n, p))
+    direct = crew_blas().pieces(a, b, targets, axis, bounds)
+    if direct is not None:  # every piece of a product takes the same path: the two may round differently
+        jobs: list[Any] = [[row] for row in direct]
+    else:
+        jobs = [_matmul_job(a, b, targets, axis, i, lo, hi) for i, (lo, hi) in enumerate(bounds)]
+    _run_pieces(jobs, p, _k)
+    for part in targets[1:]:
+        out += part
     return out
 
 
-def parallel_pieces(fn: Callable[..., Any], n: int, k: int, indexed: bool = False) -> None:
-    """Like :func:`parallel` with exactly ``k`` pieces; ``indexed`` passes the piece number first."""
-    bounds = [n * i // k for i in range(k + 1)]
-    call = (lambda i: fn(i, bounds[i], bounds[i + 1])) if indexed else (lambda i: fn(bounds[i], bounds[i + 1]))
-    pool = _workers(k)
-    futures = [pool.submit(call, i) for i in range(1, k)]
-    errors: list[BaseException] = []
-    try:
-        call(0)
-    finally:  # never return while a piece still writes into the caller's buffers
-        for f in futures:
-            try:
-                f.result()
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                errors.append(e)
-    if errors:
-        raise errors[0]
+def _matmul_job(a: np.ndarray, b: np.ndarray, targets: list[np.ndarray], axis: str, i: int, lo: int,
+                hi: int) -> Callable[[], Any]:
+    """``np.matmul`` of part ``i`` (``lo:hi`` along ``axis``) as a call."""
+    if axis == "k":
+        return lambda: np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=targets[i])
+    if axis == "m":
+        return lambda: np.matmul(a[..., lo:hi, :], b, out=targets[0][..., lo:hi, :])
+    return lambda: np.matmul(a, b[..., lo:hi], out=targets[0][..., lo:hi])
 
 
-__all__ = ["MATMUL_MIN", "PARALLEL_MIN", "active", "copy", "matmul", "own_threads", "parallel", "threads"]
+def _bounds(n: int, p: int) -> list[tuple[int, int]]:
+    """``p`` contiguous pieces of ``[0, n)``, as even as integers allow."""
+    return [(n * i // p, n * (i + 1) // p) for i in range(p)]
+
+
+def _run_pieces(jobs: list[Any], p: int, k: int) -> None:
+    """Run ``p`` jobs on ``k`` threads: thread ``j`` takes jobs ``j, j + k, ...``."""
+    k = max(1, min(k, p))
+    shares = [_merge(jobs[j::k]) for j in range(k)]
+    if k == 1:
+        run_job(shares[0])
+    else:
+        _workers().run(shares)
+
+
+def _merge(jobs: list[Any]) -> Any:
+    """Several jobs as one: GEMM piece lists joined, Python calls chained."""
+    if all(not callable(j) for j in jobs):
+        return [piece for j in jobs for piece in j]
+    return lambda: [run_job(j) for j in jobs]
+
+
+def parallel_pieces(fn: Callable[..., Any], n: int, p: int, k: int | None = None, indexed: bool = False) -> None:
+    """``fn`` over ``[0, n)`` cut into exactly ``p`` pieces, run by ``k`` threads (default ``p``).
+
+    Thread ``j`` runs pieces ``j, j + k, ...``; the caller runs thread 0's. ``indexed``
+    passes the piece number first.
+    """
+    bounds = _bounds(n, p)
+    if indexed:
+        jobs = [(lambda i=i, lo=lo, hi=hi: fn(i, lo, hi)) for i, (lo, hi) in enumerate(bounds)]
+    else:
+        jobs = [(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in bounds]
+    _run_pieces(jobs, p, p if k is None else k)
+
+
+# --- choosing the count -----------------------------------------------------------------
+
+
+def levels(top: int) -> list[int]:
+    """The counts the governor chooses among: top, top/2, top/4, ..., 1 (ascending)."""
+    out = {top}
+    while top > 1:
+        top //= 2
+        out.add(top)
+    return sorted(out)
+
+
+class Governor:
+    """Picks the thread count from the CPUs other processes take and from the times of training steps.
+
+    Every PERIOD seconds of steps (:func:`step` marks) it asks its
+    :class:`~dnnspec.engine.cpus.CpuMeter` how much CPU time others took on our CPUs::
+
+        free = min(budget, ncpus - others)
+
+    * others < QUIET: every CPU of the budget, no probing (a quiet machine pays nothing);
+    * ``k`` above ``free + SLACK`` drops at once to the largest count within it (the cap):
+      a worker with no CPU of its own waits for a neighbour's time slice at hand-offs;
+    * probes compare counts by measured step time: after WINDOW steps at ``k``, and then
+      every ``gap`` seconds, PROBE_STEPS steps (and at least PROBE_S seconds) at a
+      neighbouring count; the lower median step time wins by more than MARGIN, and ``gap``
+      doubles up to MAX_GAP while ``k`` holds. A probe step slower than ABORT times the
+      median at ``k`` ends the probe at once. A count above the cap is probed only every
+      MAX_GAP seconds, and a count a probe chose stays (the meter no longer pushes it
+      down) until others change by SLACK: under CFS more threads also get more of a
+      crowded machine, which is worth it when the passes are long (a CNN's).
+
+    A median at ``k`` that rises by CHANGE (a neighbour arrived) samples the CPUs at once.
+    The meter is made when the engine is imported, so its first answer usually comes at
+    the first :meth:`start`; else the governor runs one thread and asks at every step
+    until it answers (~50 ms of jiffies). Without a meter (no ``/proc/stat``) it starts
+    at the budget and relies on probes alone.
+    """
+
+    PERIOD, MIN_GAP, MAX_GAP = 0.25, 0.25, 4.0
+    PROBE_STEPS, PROBE_S = 3, 0.03
+    WINDOW = 9  # steps at k compared with a probe, and for the change test
+    MARGIN, CHANGE, ABORT, QUIET, SLACK = 0.04, 0.3, 2.0, 0.25, 0.5
+
+    def __init__(self, top: int, clock: Callable[[], float] = time.perf_counter, meter: Any = None):
+        self.levels = levels(max(1, top))
+        self.top = self.levels[-1]
+        self.clock = clock
+        self.meter = meter if meter is not None else (cpus.CpuMeter() if self.top > 1 else None)
+        self.blind = self.meter is None or self.meter.last is None  # no /proc/stat: probes alone decide
+        self.k = self.home = self.top if self.blind else self.levels[0]
+        self.sampled = False  # a first answer from the meter comes after MIN_WINDOW (~50 ms)
+        self.cap, self.quiet, self.others = self.top, False, 0.0
+        self.trusted: tuple[int, float] | None = None  # (count a probe chose, others then)
+        self.owner: int | None = None
+        self.last: float | None = None
+        self.recent: deque[float] = deque(maxlen=self.WINDOW)
+        self.probe: list[float] = []
+        self.probing: int | None = None
+        self.since_sample = self.since_probe = self.gap = 0.0
+        self.ref: float | None = None
+        self.turn = 0  # alternates the probe's direction where there are two neighbours
+        self.history: list[tuple[str, int, float, float]] = []  # (event, count, median at home, probe's/others)
+        self.steps = dict.fromkeys(self.levels, 0)  # training steps run at each count
+
+    def start(self, owner: int) -> int:
+        """An outermost context begins (an epoch): the count to run at; steps are timed from the first mark."""
+        self.owner, self.last = owner, None
+        if not (self.sampled or self.blind):
+            self._sample(False)  # the meter's window may be long enough already (see threads.meter)
+        return self.k
+
+    def stop(self) -> None:
+        self.owner, self.last = None, None  # the time between contexts (validation, checkpoints) is no step
+
+    def step(self, owner: int) -> int:
+        """A training step begins: record the last one's time, maybe switch; the count for this step."""
+        if owner != self.owner or self.top == 1:
+            return self.k
+        now = self.clock()
+        if self.last is not None:
+            self._record(now - self.last)
+        self.last = now
+        self.steps[self.k] += 1
+        return self.k
+
+    def _record(self, dt: float) -> None:
+        if self.probing is not None:
+            self.probe.append(dt)
+            slow = dt > self.ABORT * statistics.median(self.recent)
+            if slow or (len(self.probe) >= self.PROBE_STEPS and sum(self.probe) >= self.PROBE_S):
+                self._decide()
+            return
+        self.recent.append(dt)
+        self.since_sample += dt
+        self.since_probe += dt
+        full = len(self.recent) == self.WINDOW
+        if full and self.ref is None:
+            self.ref = statistics.median(self.recent)
+        changed = full and self.ref is not None and statistics.median(self.recent) > self.ref * (1 + self.CHANGE)
+        if changed or self.since_sample >= self.PERIOD or not (self.sampled or self.blind):
+            self._sample(changed)
+        if full and (self.sampled or self.blind) and not self.quiet and len(self.levels) > 1:
+            target = self._probe_target()
+            if target is not None:
+                self._start_probe(target)
+
+    def _sample(self, changed: bool) -> None:
+        """Ask the meter; set ``cap`` and ``quiet``, and move ``k`` where it must."""
+        others = self.meter.sample() if self.meter is not None else None
+        if others is None:
+            if changed:
+                self.ref, self.since_probe = None, self.gap  # no answer yet: let a probe decide
+            return
+        self.since_sample, self.sampled, self.others = 0.0, True, others
+        free = min(self.top, self.meter.ncpus - others)
+        self.quiet = others < self.QUIET
+        self.cap = max([n for n in self.levels if n <= free + self.SLACK] or self.levels[:1])
+        if self.trusted is not None and (self.quiet or abs(others - self.trusted[1]) > self.SLACK):
+            self.trusted = None  # the machine changed since the probe: the meter rules again
+        target = self.k
+        if self.quiet:
+            target = self.top
+        elif self.k > self.cap and (self.trusted is None or self.trusted[0] != self.k):
+            target = self.cap
+        if target != self.k:
+            self.history.append(("quiet" if self.quiet else "busy", target, 0.0, others))
+            self.k = self.home = target
+            self.recent.clear()
+            self.ref, self.since_probe, self.gap = None, 0.0, self.MIN_GAP
+        elif changed:
+            self.ref, self.since_probe = None, self.gap
+
+    def _probe_target(self) -> int | None:
+        """The neighbouring count to probe now, or None: within the cap every ``gap``, above it every MAX_GAP."""
+        i = self.levels.index(self.k)
+        options = [self.levels[j] for j in (i - 1, i + 1) if 0 <= j < len(self.levels)]
+        due = [n for n in options if self.since_probe >= (self.gap if n <= self.cap else self.MAX_GAP)]
+        if not due:
+            return None
+        self.turn += 1
+        return due[self.turn % len(due)]
+
+    def _start_probe(self, target: int) -> None:
+        self.home, self.probing = self.k, target
+        self.k, self.probe = target, []
+
+    def _decide(self) -> None:
+        home, probe = statistics.median(self.recent), statistics.median(self.probe)
+        if len(self.probe) >= self.PROBE_STEPS and probe < home * (1 - self.MARGIN):
+            self.history.append(("switch", self.probing, home, probe))
+            self.k, self.ref, self.gap = self.probing, probe, self.MIN_GAP
+            self.trusted = (self.k, self.others)
+            self.recent = deque(self.probe, maxlen=self.WINDOW)
+        else:
+            self.history.append(("stay", self.home, home, probe))
+            self.k, self.ref, self.gap = self.home, home, min(max(self.gap, self.MIN_GAP) * 2, self.MAX_GAP)
+        self.probing, self.since_probe = None, 0.0
+
+
+__all__ = ["ENV", "MATMUL_MIN", "PARALLEL_MIN", "Governor", "active", "budget", "copy", "governor",
+           "levels", "matmul", "own_threads", "parallel", "pieces", "requested", "reset", "step", "threads"]
