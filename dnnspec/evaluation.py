@@ -34,9 +34,11 @@ from .report import (
     confusion_matrix,
     evaluate_net,
     make_report,
+    multilabel_metrics,
     per_class_scores,
     regression_metrics,
     render_report,
+    task_of,
     top_k_accuracy,
 )
 
@@ -46,6 +48,7 @@ from .report import (
 def _onnx_scorer(pred: Any) -> Scorer:
     meta = pred.metadata
     task = meta.get("task") or ("classification" if pred.is_classifier else "regression")
+    task = task_of(task, meta.get("loss", ""))  # targets with binary_cross_entropy: multilabel
     model = _spec_of(meta, str(pred.path))
     width = None
     if model is not None:
@@ -178,6 +181,11 @@ def check_labels(y: Any, n: int, scorer: Scorer, where: str) -> np.ndarray:
         y = y.reshape(n, -1).astype(np.float64)
         if not np.isfinite(y).all():
             raise DataError(f"{where}: targets hold NaN or inf; clean the data first")
+        bad = (y != 0) & (y != 1)
+        if scorer.task == "multilabel" and bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise DataError(f"{where}: label {y[i, j]:g} at example {i}, output {j} is not 0 or 1; a multi-label "
+                            "model (binary_cross_entropy with targets) needs a 0/1 yes/no per output")
         return y
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -240,5 +248,6 @@ def evaluate(model: Any, data: Any = None, y: Any = None, *, split: str = "auto"
 
 
 __all__ = ["CONFUSION", "METRICS", "Report", "Scorer", "check_labels", "class_probabilities",
-           "classification_metrics", "confusion_matrix", "evaluate", "evaluate_net", "make_report", "open_model",
-           "per_class_scores", "regression_metrics", "render_report", "resolve_data", "top_k_accuracy"]
+           "classification_metrics", "confusion_matrix", "evaluate", "evaluate_net", "make_report",
+           "multilabel_metrics", "open_model", "per_class_scores", "regression_metrics", "render_report",
+           "resolve_data", "top_k_accuracy"]

@@ -588,18 +588,19 @@ class _Builder:
     def _loss(self, s: Stmt | None, task: ir.Task | None) -> ir.Step | None:
         if s is None:
             kind = "mse" if task is not None and task.kind == "regression" else "cross_entropy"
-            return ir.Step(kind)
+            return ir.Step(kind, ir.FrozenDict(LOSS[kind].bind([], {})[0]))  # its defaults (label_smoothing=0)
         step = self._kind_step(s, LOSS, "loss", None)
         if step is None or task is None:
             return step
         n_errors = len(self.sink.items)
-        if task.kind == "regression" and step.kind != "mse":
+        if task.kind == "regression" and step.kind == "cross_entropy":
             self.error(f"{step.kind} is a classification loss, but the spec has 'targets'", s.args[0].span,
-                       "use 'loss mse' for regression, or 'classes N' for classification")
+                       "use 'loss mse' for regression, 'loss binary_cross_entropy' for N yes/no labels "
+                       "(multi-label), or 'classes N' for classification")
         elif task.kind == "classification" and step.kind == "mse":
             self.error("mse is a regression loss, but the spec has 'classes'", s.args[0].span,
                        "use 'loss cross_entropy' for classes, or 'targets N' for regression")
-        elif step.kind == "binary_cross_entropy" and task.classes != 2:
+        elif step.kind == "binary_cross_entropy" and task.kind == "classification" and task.classes != 2:
             self.error(f"binary_cross_entropy needs exactly 2 classes, found {task.classes}", s.args[0].span,
                        "use 'loss cross_entropy' for more than two classes")
         if len(self.sink.items) > n_errors:
@@ -910,7 +911,9 @@ class _Builder:
             self.error(f"the network ends with shape {fmt_shape(out)}, but its output must be a vector",
                        last.span, "end with flatten (or global_avgpool) and a dense layer")
             return
-        want = {"cross_entropy": task.classes, "binary_cross_entropy": 1, "mse": task.targets}[loss.kind]
+        multilabel = task.kind == "regression"  # binary_cross_entropy with targets N: one yes/no per output
+        want = {"cross_entropy": task.classes, "binary_cross_entropy": task.targets if multilabel else 1,
+                "mse": task.targets}[loss.kind]
         if want and out[0] != want:
             self._width_error(layers, out[0], want, task, loss)
         self._check_final_activation(last, loss, found)
@@ -919,7 +922,9 @@ class _Builder:
                      loss: ir.Step) -> None:
         weighted = [layer for layer in layers if registry.is_weighted(layer.kind)]
         span = weighted[-1].span if weighted else layers[-1].span
-        if loss.kind == "binary_cross_entropy":
+        if loss.kind == "binary_cross_entropy" and task.kind == "regression":
+            why = f"targets is {task.targets} (one sigmoid output per yes/no label)"
+        elif loss.kind == "binary_cross_entropy":
             why = "binary_cross_entropy with 2 classes needs 1 output (the probability of the second class)"
         elif loss.kind == "mse":
             why = f"targets is {task.targets}"

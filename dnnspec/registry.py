@@ -227,7 +227,8 @@ FANS = ("auto", "avg", "in", "out")
 
 INIT_OPTIONS = (
     Opt("init", Choice(INITS), "auto",
-        "weight initialisation; auto picks Xavier before sigmoid/tanh/softmax, He before the ReLU family"),
+        "weight initialisation; auto picks Xavier before sigmoid/tanh/softmax, He before the ReLU family "
+        "(and gelu, silu), LeCun before selu"),
     Opt("fan", Choice(FANS), "auto",
         "fan mode of the variance-scaling inits: avg = (n_in+n_out)/2 as in the lecture; in; out. "
         "auto = avg for xavier/he, in for lecun"),
@@ -290,15 +291,43 @@ def _dense_scratch(opts: Opts, ins: list[Shape], out: Shape) -> tuple[int, int]:
     return size(out), size(ins[0])
 
 
+def dilated(opts: Opts) -> dict[str, Any]:
+    """conv2d options with ``kernel`` replaced by its dilated extent d*(k-1)+1 per axis: what the output
+    size and the ``same`` pads see (the rule of shapes.window_out and shapes.conv_pads)."""
+    (kh, kw), (dh, dw) = opts["kernel"], opts.get("dilation", (1, 1))
+    return {**opts, "kernel": (dh * (kh - 1) + 1, dw * (kw - 1) + 1)}
+
+
+def _conv_shape(opts: Opts, ins: list[Shape]) -> Shape:
+    """window_out over the dilated kernel; ``groups`` must divide the input channels and the filters."""
+    need_image("conv2d", ins[0])
+    g, c, f = opts.get("groups", 1), ins[0][0], opts["filters"]
+    if c % g or f % g:
+        raise ShapeError(f"conv2d groups={g} must divide the input channels ({c}) and the filters ({f})",
+                         hint=f"pick groups among the common divisors of {c} and {f} (groups={c} with "
+                              f"filters={c} is a depthwise convolution)", option="groups")
+    try:
+        return window_out("conv2d", dilated(opts), ins[0], f, pooling=False)
+    except ShapeError as e:
+        if tuple(opts.get("dilation", (1, 1))) == (1, 1) or e.option != "kernel":
+            raise
+        (kh, kw), (dh, dw), (eh, ew) = opts["kernel"], opts["dilation"], dilated(opts)["kernel"]
+        raise ShapeError(f"conv2d kernel {kh}x{kw} with dilation {dh}x{dw} spans {eh}x{ew}, too large for its "
+                         f"input {fmt_shape(ins[0])}", hint="use a smaller dilation or kernel, or padding=same",
+                         option="dilation") from None
+
+
 def _conv_params(name: str, opts: Opts, ins: list[Shape], out: Shape) -> tuple[ParamSpec, ...]:
-    """kernel (filters, in_channels, kh, kw), bias (filters,); fans count the receptive field."""
-    kh, kw, f, c = *opts["kernel"], opts["filters"], ins[0][0]
-    return _kernel(name, opts, (f, c, kh, kw), c * kh * kw, f * kh * kw, f)
+    """kernel (filters, in_channels/groups, kh, kw), bias (filters,); fans count the receptive field of one group."""
+    kh, kw, f, g = *opts["kernel"], opts["filters"], opts.get("groups", 1)
+    c = ins[0][0] // g
+    return _kernel(name, opts, (f, c, kh, kw), c * kh * kw, f // g * kh * kw, f)
 
 
 def _conv_flops(opts: Opts, ins: list[Shape], out: Shape) -> int:
     kh, kw = opts["kernel"]
-    return 2 * ins[0][0] * kh * kw * size(out) + (size(out) if opts.get("bias", True) else 0)
+    c = ins[0][0] // opts.get("groups", 1)
+    return 2 * c * kh * kw * size(out) + (size(out) if opts.get("bias", True) else 0)
 
 
 def _window_scratch(kind: str) -> ScratchRule:
@@ -315,7 +344,7 @@ def _window_scratch(kind: str) -> ScratchRule:
         if len(ins[0]) != 3:
             return scratch_per_output(1.0, 1.0)(opts, ins, out_shape)
         (c, h, w), (kh, kw) = ins[0], opts["kernel"]
-        top, left, bottom, right = conv_pads(opts, h, w)
+        top, left, bottom, right = conv_pads(dilated(opts) if kind == "conv2d" else opts, h, w)
         padded = c * (h + top + bottom) * (w + left + right)
         inp, out = size(ins[0]), size(out_shape)
         if kind == "conv2d":
@@ -338,15 +367,26 @@ def _pool(kind: str, doc: str, padding_doc: str) -> LayerKind:
         return kh * kw * size(out)
 
     return LayerKind(
-        kind, Schema(kind, (_WINDOW, _POOL_STRIDE, Opt("padding", Pair(0, MAX_WINDOW), (0, 0), padding_doc), NAME),
+        kind, Schema(kind, (_WINDOW, _POOL_STRIDE, Opt("padding", Padding(), (0, 0), padding_doc), NAME),
                      positional=("kernel",), doc=doc, example=f"{kind} 2"),
         shape=lambda opts, ins: window_out(kind, opts, ins[0], None, pooling=True),
         flops=pool_flops, scratch=_window_scratch(kind), complete=default_stride)
 
 
-def _global_avgpool_shape(opts: Opts, ins: list[Shape]) -> Shape:
-    need_image("global_avgpool", ins[0])
-    return (ins[0][0],)
+def _global_pool_shape(kind: str) -> ShapeRule:
+    """(C, H, W) -> (C,)."""
+
+    def rule(opts: Opts, ins: list[Shape]) -> Shape:
+        need_image(kind, ins[0])
+        return (ins[0][0],)
+
+    return rule
+
+
+def _layernorm_params(name: str, opts: Opts, ins: list[Shape], out: Shape) -> tuple[ParamSpec, ...]:
+    """gamma, beta: (F,) for vectors, (C,) for images (one scale and shift per channel, as batchnorm)."""
+    c = (channels(ins[0]),)
+    return ParamSpec(f"{name}.gamma", c, "ones"), ParamSpec(f"{name}.beta", c, "zeros")
 
 
 def _batchnorm_params(name: str, opts: Opts, ins: list[Shape], out: Shape) -> tuple[ParamSpec, ...]:
@@ -363,6 +403,15 @@ def _alpha_params(name: str, opts: Opts, ins: list[Shape], out: Shape) -> tuple[
         return ()
     c = (1,) if opts["per"] == "layer" else (channels(ins[0]),)
     return (ParamSpec(f"{name}.alpha", c, "const", value=float(opts["alpha"])),)
+
+
+def _dropout_shape(opts: Opts, ins: list[Shape]) -> Shape:
+    """Same shape; ``channels=true`` needs an image (feature maps to drop)."""
+    if opts.get("channels") and len(ins[0]) != 3:
+        raise ShapeError(f"dropout channels=true drops whole feature maps, but the input here has shape "
+                         f"{fmt_shape(ins[0])}", hint="write channels=true only after a conv2d or pool layer; "
+                         "plain dropout drops single features", option="channels")
+    return ins[0]
 
 
 def _softmax_shape(opts: Opts, ins: list[Shape]) -> Shape:
@@ -392,18 +441,31 @@ register(LayerKind(
                                 Opt("kernel", Pair(1, MAX_WINDOW), (3, 3), "kernel size k or [kh, kw]"),
                                 Opt("stride", Pair(1, MAX_WINDOW), (1, 1), "stride s or [sh, sw]"),
                                 Opt("padding", Padding(), "valid", "same, valid, or pixels per side"),
+                                Opt("dilation", Pair(1, MAX_WINDOW), (1, 1),
+                                    "spacing of the kernel taps d or [dh, dw]: a k-tap kernel spans d*(k-1)+1"),
+                                Opt("groups", Int(1, MAX_WIDTH), 1,
+                                    "split channels and filters into this many independent groups; "
+                                    "groups = input channels = filters: depthwise"),
                                 *INIT_OPTIONS, Opt("bias", Bool(), True, "add a learned bias per filter"), NAME),
-                     positional=("filters",), doc="2-D convolution, NCHW; kernel is (filters, in_channels, kh, kw)",
+                     positional=("filters",),
+                     doc="2-D convolution, NCHW; kernel is (filters, in_channels/groups, kh, kw)",
                      example="conv2d 32 kernel=3 padding=same"),
-    shape=lambda opts, ins: window_out("conv2d", opts, ins[0], opts["filters"], pooling=False),
-    params=_conv_params, flops=_conv_flops, scratch=_window_scratch("conv2d"), role=WEIGHTED, prefix="conv"))
-register(_pool("maxpool", "max pooling", "pixels of padding per side"))
-register(_pool("avgpool", "average pooling", "pixels of zero padding per side (not counted)"))
+    shape=_conv_shape, params=_conv_params, flops=_conv_flops, scratch=_window_scratch("conv2d"), role=WEIGHTED,
+    prefix="conv"))
+register(_pool("maxpool", "max pooling", "pixels of padding per side (acting as -inf), or same (output "
+                                        "ceil(H/stride)) or valid"))
+register(_pool("avgpool", "average pooling", "pixels of zero padding per side (not counted), or same (output "
+                                        "ceil(H/stride)) or valid"))
 register(LayerKind(
     "global_avgpool", Schema("global_avgpool", (NAME,), doc="mean over height and width: (C, H, W) -> (C,)",
                              example="global_avgpool"),
-    shape=_global_avgpool_shape, flops=lambda opts, ins, out: size(ins[0]),
+    shape=_global_pool_shape("global_avgpool"), flops=lambda opts, ins, out: size(ins[0]),
     scratch=lambda opts, ins, out: (size(out), size(ins[0])), prefix="gap"))
+register(LayerKind(
+    "global_maxpool", Schema("global_maxpool", (NAME,), doc="max over height and width: (C, H, W) -> (C,)",
+                             example="global_maxpool"),
+    shape=_global_pool_shape("global_maxpool"), flops=lambda opts, ins, out: size(ins[0]),
+    scratch=lambda opts, ins, out: (size(out), size(ins[0])), prefix="gmp"))
 register(LayerKind(
     "flatten", Schema("flatten", (NAME,), doc="(C, H, W) -> (C*H*W,)", example="flatten"),
     shape=lambda opts, ins: (size(ins[0]),), flops=per_output(0), scratch=scratch_per_output(0.0, 0.0)))
@@ -415,13 +477,22 @@ register(LayerKind(
                         example="batchnorm momentum=0.99"),
     params=_batchnorm_params, flops=per_output(2), scratch=scratch_per_output(2.0, 2.0), prefix="bn"))
 register(LayerKind(
+    "layernorm", Schema("layernorm", (Opt("eps", Float(1e-10, 1.0), 1e-5, "added to the variance"), NAME),
+                        doc="layer normalisation per example, over the features (dense) or over C, H and W "
+                            "(conv); learned gamma and beta per feature or channel",
+                        example="layernorm"),
+    params=_layernorm_params, flops=per_output(5), scratch=scratch_per_output(2.0, 2.0), prefix="ln"))
+register(LayerKind(
     "dropout", Schema("dropout", (Opt("rate", Float(0.0, 1.0, hi_open=True)),
                                   Opt("mode", Choice(("inverted", "scale")), "inverted",
                                       "inverted: divide by keep prob while training; scale: multiply by keep prob "
-                                      "at evaluation (the lecture's weight scaling)"), NAME),
-                      positional=("rate",), doc="drop units with probability rate while training",
-                      example="dropout 0.3"),
-    flops=per_output(0), scratch=scratch_per_output(2.25, 1.0)))
+                                      "at evaluation (the lecture's weight scaling)"),
+                                  Opt("channels", Bool(), False,
+                                      "on images, drop whole feature maps (one draw per example and channel)"),
+                                  NAME),
+                      positional=("rate",), doc="drop units (or, channels=true, whole feature maps) with "
+                      "probability rate while training", example="dropout 0.3"),
+    shape=_dropout_shape, flops=per_output(0), scratch=scratch_per_output(2.25, 1.0)))
 register(activation("relu", "max(0, x)", init_before="he_normal", scratch=(1.0, 1.25)))
 _LEAKY_ALPHA = Opt("alpha", Float(0.0, 10.0), 0.01, "slope for x < 0 (initial value if learned)")
 _ELU_ALPHA = Opt("alpha", Float(0.0, 10.0, lo_open=True), 1.0, "scale of the negative part")
@@ -431,6 +502,14 @@ register(activation("leaky_relu", "x if x >= 0 else alpha*x", init_before="he_no
 register(activation("elu", "x if x >= 0 else alpha*(exp(x)-1)", init_before="he_normal", flops=4,
                     scratch=(3.25, 2.0), options=_learn_options(_ELU_ALPHA, "learn alpha", "alpha"),
                     example="elu alpha=1.0", params=_alpha_params))
+#: SELU's fixed constants (Klambauer et al. 2017), shared by the engine op and the ONNX converter.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_LAMBDA = 1.0507009873554804934193349852946
+register(activation("gelu", "x * Phi(x) = x/2 * (1 + erf(x/sqrt(2))), the exact form", init_before="he_normal",
+                    flops=8, scratch=(2.0, 2.0)))
+register(activation("silu", "x * sigmoid(x) (swish)", init_before="he_normal", flops=5, scratch=(2.0, 2.0)))
+register(activation("selu", "lambda * (x if x >= 0 else alpha*(exp(x)-1)), lambda = 1.0507..., alpha = 1.6732...; "
+                    "self-normalising with lecun_normal", init_before="lecun_normal", flops=4, scratch=(2.0, 2.0)))
 register(activation("softplus", "log(1 + exp(x))", init_before="he_normal", flops=4, scratch=(2.0, 2.0)))
 register(activation("sigmoid", "1 / (1 + exp(-x))", init_before="xavier_normal", flops=4,
                     head="binary_cross_entropy"))
@@ -479,6 +558,7 @@ register(LayerKind(
     shape=_concat_shape, flops=per_output(0), scratch=scratch_per_output(1.0, 1.0), inputs=MANY))
 
 __all__ = ["ACTIVATION", "INITS", "INIT_OPTIONS", "INIT_OPTION_USERS", "KINDS", "LAYERS", "MANY", "NAME", "OTHER",
-           "WEIGHTED", "InputMismatch", "LayerKind", "ParamSpec", "activation", "activations", "head_for",
+           "SELU_ALPHA", "SELU_LAMBDA", "WEIGHTED",
+           "InputMismatch", "LayerKind", "ParamSpec", "activation", "activations", "head_for",
            "is_weighted", "no_params", "per_output", "prefix_of", "register", "same_shape", "scratch_per_output",
            "takes_many", "unregister"]

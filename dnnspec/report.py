@@ -16,6 +16,13 @@ numbers. Metrics (scikit-learn's are the reference in ``tests/test_evaluate.py``
 * regression: loss = MSE over all N*T values (the training loss), per target MAE, MSE,
   RMSE = sqrt(MSE) and R^2 = 1 - SS_res / SS_tot (1 when both are 0, 0 when only SS_tot is),
   averaged over the targets with equal weights.
+* multi-label (``targets T`` with sigmoid and binary_cross_entropy; task ``multilabel`` here):
+  probabilities P (N, T), labels Y in {0, 1}; loss = mean over all N*T values of
+  -(y log p + (1-y) log(1-p)) (p clipped to [1e-12, 1-1e-12]; the training loss); a label is
+  predicted yes when p > 1/2 (logit > 0, as the engine decides). Per label: accuracy
+  mean [pred = y], precision, recall, F1 (as per class above) and support = #yes; accuracy
+  is their mean (Hamming accuracy), subset_accuracy the fraction of examples with every
+  label right; macro average over the labels, micro from the pooled counts.
 
 A module of its own so that the trainer (engine) can report without importing
 dnnspec.evaluation, which loads models from disk through the engine (dnnspec.api).
@@ -114,6 +121,36 @@ def regression_metrics(out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return {"loss": float(np.mean(d * d)), **{m: float(np.mean(v)) for m, v in per.items()}, "per_target": per}
 
 
+def multilabel_metrics(out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Loss, accuracy and F1 per label (T,) and overall. out: probabilities (N, T); y: (N, T) in {0, 1}."""
+    p = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+    t = np.asarray(y, dtype=np.float64).reshape(p.shape)
+    q = np.clip(p, PROB_FLOOR, 1.0 - PROB_FLOOR)
+    pred, yes = p > 0.5, t > 0.5
+    tp = np.sum(pred & yes, axis=0).astype(np.float64)
+    fp, fn = np.sum(pred & ~yes, axis=0), np.sum(~pred & yes, axis=0)
+    scores = _prf(tp, fp, fn)
+    per = {"accuracy": np.mean(pred == yes, axis=0), **scores, "support": yes.sum(axis=0)}
+    micro = _prf(tp.sum(), fp.sum(), fn.sum())
+    return {
+        "loss": float(-np.mean(t * np.log(q) + (1.0 - t) * np.log(1.0 - q))),
+        "accuracy": float(np.mean(per["accuracy"])),
+        "subset_accuracy": float(np.mean(np.all(pred == yes, axis=1))) if len(p) else 0.0,
+        "macro_avg": {m: float(np.mean(scores[m])) for m in ("precision", "recall", "f1")},
+        "micro_avg": {m: float(micro[m]) for m in ("precision", "recall", "f1")},
+        "per_label": per,
+    }
+
+
+def _prf(tp: Any, fp: Any, fn: Any) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 from counts (arrays or scalars); 0 where a denominator is 0."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+                "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
+                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)}
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -141,11 +178,16 @@ class Report:
 
     def summary(self) -> dict[str, float]:
         """The headline numbers: loss and accuracy (classification) or loss, MAE, RMSE, R^2."""
-        keys = ("loss", "accuracy") if self.task == "classification" else ("loss", "mae", "rmse", "r2")
-        return {k: self.metrics[k] for k in keys}
+        keys = {"classification": ("loss", "accuracy"), "multilabel": ("loss", "accuracy", "subset_accuracy")}
+        return {k: self.metrics[k] for k in keys.get(self.task, ("loss", "mae", "rmse", "r2"))}
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"model": self.model, "data": self.data, "examples": self.examples, "task": self.task}
+        if self.task == "multilabel":
+            d.update({k: self.metrics[k] for k in ("loss", "accuracy", "subset_accuracy", "macro_avg", "micro_avg")})
+            d["per_label"] = [{"label": j, **{m: _num(v[j]) for m, v in self.per_target.items()}}
+                              for j in range(len(self.per_target["f1"]))]
+            return d
         if self.task != "classification":
             d.update({k: self.metrics[k] for k in ("loss", "mae", "mse", "rmse", "r2")})
             d["per_target"] = [{"target": j, **{m: float(v[j]) for m, v in self.per_target.items()}}
@@ -187,7 +229,11 @@ def _num(v: Any) -> int | float:
 
 def make_report(out: np.ndarray, y: np.ndarray, task: str, class_names: list[str] | tuple[str, ...] = (),
                 top_k: tuple[int, ...] = TOP_K, model: str = "", data: str = "") -> Report:
-    """A Report from model outputs and checked labels (``task``: classification or regression)."""
+    """A Report from model outputs and checked labels (``task``: classification, regression or multilabel)."""
+    if task == "multilabel":
+        m = multilabel_metrics(out, y)
+        return Report(task, len(y), {k: v for k, v in m.items() if k != "per_label"},
+                      per_target=m["per_label"], model=model, data=data)
     if task != "classification":
         m = regression_metrics(out, y)
         return Report(task, len(y), {k: v for k, v in m.items() if k != "per_target"},
@@ -210,6 +256,15 @@ def render_report(r: Report, width: int | None = None) -> str:
     """The terminal text of a Report; tables are narrowed (shorter class names) to ``width`` when given."""
     lines = [f"{r.model} on {r.data}: {r.examples:,} examples"]
     m = r.metrics
+    if r.task == "multilabel":
+        lines.append(f"loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f} (per label, mean)  "
+                     f"subset accuracy {m['subset_accuracy']:.4f}  macro F1 {m['macro_avg']['f1']:.4f}  "
+                     f"micro F1 {m['micro_avg']['f1']:.4f}")
+        pt = r.per_target
+        lines += ["", f"{'label':>6}  {'accuracy':>8}  precision  recall  f1-score  support"]
+        lines += [f"{j:>6}  {pt['accuracy'][j]:>8.4f}  {pt['precision'][j]:>9.4f}  {pt['recall'][j]:>6.4f}  "
+                  f"{pt['f1'][j]:>8.4f}  {int(pt['support'][j]):>7,}" for j in range(len(pt["f1"]))]
+        return "\n".join(lines)
     if r.task != "classification":
         lines.append(f"loss (MSE) {m['loss']:.6g}  MAE {m['mae']:.6g}  RMSE {m['rmse']:.6g}  R2 {m['r2']:.4f}")
         if len(r.per_target["mae"]) > 1:
@@ -313,8 +368,14 @@ def _engine_scorer(net: Any, name: str) -> Scorer:
     task = model.task
     names = list(task.class_names) or [str(i) for i in range(task.classes)]
     width = task.classes if task.kind == "classification" else task.targets
-    return Scorer(name, task.kind, names if task.kind == "classification" else [], outputs, model, width,
-                  tuple(model.input.shape))
+    return Scorer(name, task_of(task.kind, model.loss.kind), names if task.kind == "classification" else [],
+                  outputs, model, width, tuple(model.input.shape))
+
+
+def task_of(kind: str, loss: str) -> str:
+    """The report's task: the spec's (classification, regression), or multilabel for targets with
+    binary_cross_entropy (one sigmoid yes/no per output)."""
+    return "multilabel" if kind == "regression" and loss == "binary_cross_entropy" else kind
 
 
 def evaluate_net(net: Any, x: np.ndarray, y: np.ndarray, data: str = "test split",
@@ -328,4 +389,5 @@ def evaluate_net(net: Any, x: np.ndarray, y: np.ndarray, data: str = "test split
 
 __all__ = ["ACTIVATION_BUDGET", "CONFUSION", "EVAL_BATCH", "METRICS", "PROB_FLOOR", "TOP_K", "Report", "Scorer",
            "class_probabilities", "classification_metrics", "confusion_matrix", "evaluate_net", "make_report",
-           "per_class_scores", "regression_metrics", "render_report", "top_k_accuracy"]
+           "multilabel_metrics", "per_class_scores", "regression_metrics", "render_report", "task_of",
+           "top_k_accuracy"]

@@ -410,6 +410,7 @@ OPTIMIZER: dict[str, Schema] = {s.name: s for s in (
                     Opt("beta1", Float(0.0, 1.0, hi_open=True), 0.9, "decay of the first moment"),
                     Opt("beta2", Float(0.0, 1.0, hi_open=True), 0.999, "decay of the second moment"),
                     Opt("eps", Float(0.0, None, lo_open=True), 1e-8, "inside the square root"),
+                    Opt("amsgrad", Bool(), False, "AMSGrad: divide by sqrt of the running maximum of s_hat"),
                     *_OPT_COMMON),
            doc="m <- b1*m + (1-b1)*g; s <- b2*s + (1-b2)*g*g; m_hat = m/(1-b1^t); "
                "s_hat = s/(1-b2^t); w <- w - lr*m_hat/sqrt(s_hat+eps)",
@@ -430,7 +431,9 @@ SCHEDULE: dict[str, Schema] = {s.name: s for s in (
 )}
 
 LOSS: dict[str, Schema] = {s.name: s for s in (
-    Schema("cross_entropy", doc="softmax cross-entropy; the spec ends with softmax", example="loss cross_entropy"),
+    Schema("cross_entropy", (Opt("label_smoothing", Float(0.0, 1.0, hi_open=True), 0.0,
+                                 "target (1-e)*onehot + e/K instead of onehot"),),
+           doc="softmax cross-entropy; the spec ends with softmax", example="loss cross_entropy"),
     Schema("binary_cross_entropy", doc="binary cross-entropy; the spec ends with sigmoid",
            example="loss binary_cross_entropy"),
     Schema("mse", doc="mean squared error; for regression", example="loss mse"),

@@ -250,7 +250,7 @@ def test_doc_examples_parse():
         if registry.takes_many(s.name):  # add a, b: the example's names, given to two layers before it
             first, second = s.example.split(" ", 1)[1].split(", ")
             body = f"dense 3 name={first}\n  dense 3 name={second} from=input\n  {s.example}"
-        img = s.name in ("conv2d", "maxpool", "avgpool", "global_avgpool")
+        img = s.name in ("conv2d", "maxpool", "avgpool", "global_avgpool", "global_maxpool")
         head = "input image[1, 8, 8]\n" if img else "input [4]\n"
         tail = "  flatten\n  dense 3\n  softmax\n" if img or s.name == "flatten" else "  dense 3\n  softmax\n"
         frontend.parse(f"{head}classes 3\nlayers {{\n  {body}\n{tail}}}\n")

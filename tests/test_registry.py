@@ -19,8 +19,9 @@ from dnnspec.errors import ShapeError, SpecError
 from dnnspec.export.converters import CONVERTERS, converter
 from dnnspec.export.onnx_export import to_onnx
 
-BUILT_IN = ("dense", "conv2d", "maxpool", "avgpool", "global_avgpool", "flatten", "batchnorm", "dropout", "relu",
-            "leaky_relu", "elu", "softplus", "sigmoid", "tanh", "softmax", "add", "concat")
+BUILT_IN = ("dense", "conv2d", "maxpool", "avgpool", "global_avgpool", "global_maxpool", "flatten", "batchnorm",
+            "layernorm", "dropout", "relu", "leaky_relu", "elu", "gelu", "silu", "selu", "softplus", "sigmoid", "tanh",
+            "softmax", "add", "concat")
 
 
 def mismatch(kinds, ops, converters) -> str | None:
@@ -60,7 +61,8 @@ def test_each_fact_of_a_kind_is_read_from_its_entry():
     assert registry.head_for("cross_entropy") == "softmax"
     assert registry.head_for("binary_cross_entropy") == "sigmoid"
     assert registry.head_for("mse") is None
-    assert registry.activations() == ("relu", "leaky_relu", "elu", "softplus", "sigmoid", "tanh", "softmax")
+    assert registry.activations() == ("relu", "leaky_relu", "elu", "gelu", "silu", "selu", "softplus", "sigmoid",
+                                      "tanh", "softmax")
     assert [k for k in registry.KINDS if registry.is_weighted(k)] == ["dense", "conv2d"]
     assert [k.name for k in registry.KINDS.values() if k.last_only] == ["softmax"]
     assert {k: registry.prefix_of(k) for k in ("conv2d", "batchnorm", "global_avgpool", "dense")} == {

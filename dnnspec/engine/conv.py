@@ -43,6 +43,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..ir import Layer
+from ..registry import dilated
 from ..shapes import conv_pads
 from . import threads
 from .base import Op, grad_out, register
@@ -76,7 +77,7 @@ class _WindowOp(Op):
         self.out_hw = tuple(layer.out_shape[1:])
         self.kernel = tuple(self.opts["kernel"])
         self.stride = tuple(self.opts["stride"])
-        self.pads = conv_pads(self.opts, h, w)
+        self.pads = conv_pads(dilated(self.opts) if layer.kind == "conv2d" else self.opts, h, w)
         self.padded_hw = (h + self.pads[0] + self.pads[2], w + self.pads[1] + self.pads[3])
 
     def _check(self, x: np.ndarray) -> np.ndarray:
@@ -138,6 +139,10 @@ class Conv2D(_WindowOp):
         # memory-bound and its (F, N*P) result would cost a full transpose to reach NCHW, so
         # one small GEMM per example writes NCHW directly. "rows" (many taps): one big GEMM.
         self.layout = "unfold" if c * kh * kw <= self.UNFOLD_MAX_K else "rows"
+        self.dilation = tuple(self.opts.get("dilation", (1, 1)))
+        self.groups = int(self.opts.get("groups", 1))
+        if self.dilation != (1, 1) or self.groups != 1:  # the fast layouts assume dense, contiguous taps
+            self.layout = "general"
         # Output pixel order: (block, grid) = ((1, 1), (OH, OW)) is plain row-major NCHW;
         # feed_pool() makes it pool-window-major for the tiling maxpool that consumes it.
         self.block: tuple[int, int] = (1, 1)
@@ -163,6 +168,8 @@ class Conv2D(_WindowOp):
         channel axis follows the layout), and the pool's maxima go to NCHW through it
         (``BatchNorm.finish``); a "rows" conv then adds its bias itself.
         """
+        if self.layout == "general":  # refused: the pool keeps reading NCHW
+            return
         self.block, self.grid, self.pool = pool.kernel, pool.out_hw, pool
         pool.producer = self
         if through is not None:  # a batch norm between: it normalises the window-major blocks
@@ -208,6 +215,8 @@ class Conv2D(_WindowOp):
         x = self._check(x)
         if self.layout == "unfold":
             return self._forward_unfold(x, params)
+        if self.layout == "general":
+            return self._forward_general(x, params)
         n, f = x.shape[0], self.filters
         kernel = params[self.key("kernel")].astype(self.dtype, copy=False)
         wmat = self.buf("wmat", (f, kernel[0].size))  # (F, K), columns (i, j, c) like cols
@@ -237,6 +246,8 @@ class Conv2D(_WindowOp):
         """dy: (N, F, OH, OW) -> dx (N, C, H, W), or None when need_dx is False."""
         if self.layout == "unfold":
             return self._backward_unfold(dy, params, grads)
+        if self.layout == "general":
+            return self._backward_general(dy, params, grads)
         n, cols, wmat = self._saved
         f, c, (kh, kw) = self.filters, self.in_chw[0], self.kernel
         m = cols.shape[0]
@@ -404,6 +415,64 @@ class Conv2D(_WindowOp):
             for j in range(kw):
                 view = as_strided(dxp[:, :, i:, j:], (n, c, *dims), (s_n, s_c, *strides))
                 view += d[:, :, i, j]
+        return self._unpad(dxp)
+
+
+    # --- "general" layout: dilation and groups, per-example and per-group GEMMs -----------
+
+    def _taps(self, xp: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shape and strides of the windows of a padded NCHW array: (N, G, C/G, kh, kw, OH, OW).
+
+        Tap (i, j) of output pixel (r, s) reads row sh*r + dh*i, column sw*s + dw*j.
+        """
+        (g, (kh, kw), (dh, dw), (sh, sw), (oh, ow)) = self.groups, self.kernel, self.dilation, self.stride, self.out_hw
+        s_n, s_c, s_h, s_w = xp.strides
+        c = self.in_chw[0]
+        return ((xp.shape[0], g, c // g, kh, kw, oh, ow),
+                (s_n, c // g * s_c, s_c, dh * s_h, dw * s_w, sh * s_h, sw * s_w))
+
+    def _forward_general(self, x: np.ndarray, params) -> np.ndarray:
+        """y[n, g] (F/G, P) = W_g (F/G, K_g) @ cols[n, g] (K_g, P), K_g = C/G*kh*kw, in one np.matmul call.
+
+        cols (N, G, K_g, P) holds the dilated receptive fields of group g's channels; the
+        kernel (F, C/G, kh, kw) reshapes to W (G, F/G, K_g) without a copy.
+        """
+        n, f, g = x.shape[0], self.filters, self.groups
+        p = self.out_hw[0] * self.out_hw[1]
+        xp = self._padded_nchw(x, 0.0)
+        shape, strides = self._taps(xp)
+        kg = shape[2] * shape[3] * shape[4]
+        cols = self.buf("cols", (n, g, kg, p))
+        np.copyto(cols.reshape(shape), as_strided(xp, shape, strides, writeable=False))
+        wmat = params[self.key("kernel")].astype(self.dtype, copy=False).reshape(g, f // g, kg)
+        y = np.matmul(wmat, cols, out=self.buf("y", (n, g, f // g, p)))
+        if self.has_bias:
+            y += params[self.key("bias")].astype(self.dtype, copy=False).reshape(g, f // g, 1)
+        self._saved = (n, cols, wmat)
+        return y.reshape((n, f) + self.out_hw)
+
+    def _backward_general(self, dy: np.ndarray, params, grads) -> np.ndarray | None:
+        """dW_g = sum_n dy[n, g] @ cols[n, g].T; db = sum dy; dcols[n, g] = W_g.T @ dy[n, g]; col2im per tap."""
+        n, cols, wmat = self._saved
+        g, fg, kg = wmat.shape
+        dyr = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, g, fg, -1)
+        dwn = np.matmul(dyr, cols.transpose(0, 1, 3, 2), out=self.buf("dwn", (n, g, fg, kg)))
+        dk = grad_out(grads, self.key("kernel"), params[self.key("kernel")], self.dtype)
+        np.sum(dwn, axis=0, out=dk.reshape(g, fg, kg))
+        if self.has_bias:
+            np.sum(dyr, axis=(0, 3), out=grad_out(grads, self.key("bias"), params[self.key("bias")],
+                                                  self.dtype).reshape(g, fg))
+        if not self.need_dx:
+            return None
+        dcols = np.matmul(wmat.transpose(0, 2, 1), dyr, out=self.buf("dcols", (n, g, kg, dyr.shape[3])))
+        dxp = self.buf("dxp", (n,) + self.in_chw[:1] + self.padded_hw)
+        dxp.fill(0)
+        shape, strides = self._taps(dxp)
+        d = dcols.reshape(shape)
+        taps = as_strided(dxp, shape, strides)
+        for i in range(shape[3]):  # one strided add per tap: taps of one pixel may overlap when dilation < stride
+            for j in range(shape[4]):
+                taps[:, :, :, i, j] += d[:, :, :, i, j]
         return self._unpad(dxp)
 
 
@@ -700,3 +769,30 @@ class GlobalAvgPool(_WindowOp):
         dx = self.buf("dx", (self._n,) + self.in_chw)
         np.multiply(dy[:, :, None, None], self.dtype.type(1.0 / (h * w)), out=dx)
         return dx
+
+
+@register("global_maxpool")
+class GlobalMaxPool(_WindowOp):
+    """Max over height and width: x (N, C, H, W) -> y (N, C).
+
+    Backward routes dy to ONE pixel per (example, channel), the first maximum in row-major
+    order (as maxpool and ONNX's GlobalMaxPool gradient convention); the rest get 0.
+    """
+
+    def __init__(self, layer: Layer, dtype: Any = np.float32):
+        Op.__init__(self, layer, dtype)
+        self.in_chw = tuple(layer.in_shape)
+
+    def forward(self, x, params, training, rng):
+        flat = self._check(x).reshape(x.shape[0], x.shape[1], -1)
+        self.arg = np.argmax(flat, axis=2)[:, :, None]
+        return np.take_along_axis(flat, self.arg, axis=2)[:, :, 0]
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        n, c = dy.shape
+        dx = self.buf("dx", (n, c, self.in_chw[1] * self.in_chw[2]))
+        dx.fill(0)
+        np.put_along_axis(dx, self.arg, dy[:, :, None], axis=2)
+        return dx.reshape((n,) + self.in_chw)

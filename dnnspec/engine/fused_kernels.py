@@ -110,4 +110,25 @@ def adam(w, g, m, s, c):
         s[i] = _flushed(si, floor_s)
 
 
+
+@jit
+def adam_amsgrad(w, g, m, s, v, c):
+    """Adam with amsgrad: c[3:12] = b1, 1-b1, b2, 1-b2, eps*c2, lr*sqrt(c2)/c1, floor(m), floor(s), floor(v).
+
+    As :func:`adam`, plus v <- max(v, s) (before s is flushed) and v in place of s under the root:
+    w <- w*keep - (lr*sqrt(c2)/c1) * m / sqrt(v + eps*c2).
+    """
+    scale, l2, keep, b1, a1, b2, a2 = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    eps, step, floor_m, floor_s, floor_v = c[7], c[8], c[9], c[10], c[11]
+    for i in range(w.size):
+        wi = w[i]
+        gi = _grad(g[i], wi, scale, l2)
+        mi = m[i] * b1 + gi * a1
+        si = s[i] * b2 + (gi * gi) * a2
+        vi = np.maximum(v[i], si)  # NaN-propagating, as the NumPy path
+        w[i] = wi * keep - (mi / np.sqrt(vi + eps)) * step
+        m[i] = _flushed(mi, floor_m)
+        s[i] = _flushed(si, floor_s)
+        v[i] = _flushed(vi, floor_v)
+
 VERSION = numba.__version__

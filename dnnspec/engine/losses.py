@@ -7,13 +7,20 @@ the mean loss with respect to the logits (already divided by the batch size). Pa
 * softmax cross-entropy: L = mean_n [ logsumexp(z_n) - z_n[y_n] ],
   dz = (softmax(z) - onehot(y)) / N. logsumexp(z) = max z + log sum e^(z - max z),
   so logits of +-1e4 neither overflow nor lose the loss.
-* binary cross-entropy on logits z (N, 1) or (N,), labels t in {0, 1}:
+  With label smoothing e (K classes) the target is q = (1-e) onehot(y) + e/K:
+  L = mean_n [ logsumexp(z_n) - sum_k q_nk z_nk ], dz = (softmax(z) - q) / N.
+* binary cross-entropy on logits z (N, 1) or (N,), labels t in {0, 1}; or (N, T) for T
+  yes/no labels (multi-label, ``targets T``), the mean over all N*T values:
   L = mean [ max(z, 0) - z t + log(1 + e^-|z|) ]  (= -t log s - (1-t) log(1-s), s = sigmoid z),
-  dz = (sigmoid(z) - t) / N.
+  dz = (sigmoid(z) - t) / (N*T).
 * mean squared error over every element: L = mean (o - t)^2, do = 2 (o - t) / (N * K).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -27,28 +34,38 @@ def _out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
-                          grad: bool = True) -> tuple[float, np.ndarray | None]:
-    """logits (N, K) float, y (N,) class indices -> (mean loss, dlogits (N, K))."""
-    n = logits.shape[0]
+                          grad: bool = True, label_smoothing: float = 0.0) -> tuple[float, np.ndarray | None]:
+    """logits (N, K) float, y (N,) class indices -> (mean loss, dlogits (N, K)).
+
+    ``label_smoothing`` e: targets (1-e) onehot + e/K (e = 0: the plain loss, the same bits).
+    """
+    n, k = logits.shape
     rows = np.arange(n)
     y = np.asarray(y).astype(np.intp, copy=False)
     z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=_out(out, logits))
     picked = z[rows, y].astype(np.float64)
+    e = float(label_smoothing)
+    if e:  # sum_k q_k z_k on the shifted logits (the shift cancels: sum_k q_k = 1)
+        picked = (1.0 - e) * picked + (e / k) * z.sum(axis=1, dtype=np.float64)
     np.exp(z, out=z)
     total = z.sum(axis=1, keepdims=True)
     loss = float(np.mean(np.log(total[:, 0].astype(np.float64)) - picked))
     if not grad:
         return loss, None
     z /= total
-    z[rows, y] -= 1
+    if e:
+        z -= z.dtype.type(e / k)
+        z[rows, y] -= z.dtype.type(1.0 - e)
+    else:
+        z[rows, y] -= 1
     z *= z.dtype.type(1.0 / n)
     return loss, z
 
 
 def binary_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
                          grad: bool = True) -> tuple[float, np.ndarray | None]:
-    """logits (N, 1) or (N,), y (N,) 0/1 -> (mean loss, dlogits shaped like logits)."""
-    n = logits.shape[0]
+    """logits (N, 1) or (N,), y (N,) 0/1; or logits and y (N, T) -> (mean loss over all values, dlogits)."""
+    n = logits.size  # N, or N*T for multi-label: the loss is the mean over every value
     t = np.asarray(y).reshape(logits.shape).astype(logits.dtype, copy=False)
     z64 = logits.astype(np.float64)
     loss = float(np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64)))))
@@ -73,3 +90,10 @@ def mse(outputs: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
 
 
 LOSSES = {"cross_entropy": softmax_cross_entropy, "binary_cross_entropy": binary_cross_entropy, "mse": mse}
+
+
+def loss_function(step: Any) -> Callable[..., tuple[float, np.ndarray | None]]:
+    """The loss of an IR ``loss`` statement (:class:`dnnspec.ir.Step`) with its options bound (label_smoothing)."""
+    fn = LOSSES[step.kind]
+    opts = {k: v for k, v in dict(getattr(step, "options", None) or {}).items() if v}
+    return partial(fn, **opts) if opts else fn

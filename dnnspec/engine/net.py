@@ -43,7 +43,7 @@ from .. import ir, registry
 from ..errors import DataError, Diagnostic, SpecError
 from . import base, threads
 from .init import init_param
-from .losses import LOSSES
+from .losses import loss_function
 
 _STAT_CHUNK = 4096
 
@@ -248,7 +248,7 @@ class Net:
             self.graph = plan(self.body, out, model, self.dtype, self.commute_relu_maxpool, self.fuse_conv_maxpool)
             self.run_body = [st.op for st in self.graph.steps]
         self.run_ops = self.run_body + [self.head] if self.head is not None else self.run_body
-        self.loss_fn = LOSSES[model.loss.kind]
+        self.loss_fn = loss_function(model.loss)  # options bound (label_smoothing)
         self.rng = np.random.default_rng(model.train["seed"] if seed is None else seed)
         self.params: dict[str, np.ndarray] = {}
         self.trainable: list[str] = []

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import registry
 from . import fused, threads
 from .base import Op, grad_out, register
 from .threads import matmul, parallel
@@ -384,6 +385,129 @@ class Softmax(BufferedOp):
         return d
 
 
+# --- gelu, silu, selu -------------------------------------------------------------
+
+
+def _erf_table(width: float = 0.25, top: float = 6.0, degree: int = 12) -> tuple[np.ndarray, float]:
+    """Power-series coefficients (pieces, degree+1) of erf on [k*width, (k+1)*width], in t in [-1, 1].
+
+    Chebyshev interpolants of ``math.erf`` built once at import: |error| < 2e-15 on [0, 6]
+    (tests/test_layers_modern.py checks it against math.erf); beyond 6, erf = 1 in float64.
+    """
+    import math
+
+    from numpy.polynomial import Chebyshev
+    from numpy.polynomial.chebyshev import cheb2poly
+
+    exact = np.vectorize(math.erf)
+    rows = []
+    for k in range(int(round(top / width))):
+        cheb = Chebyshev.interpolate(exact, degree, domain=[k * width, (k + 1) * width])
+        rows.append(cheb2poly(cheb.coef))  # powers of t, the interval mapped onto [-1, 1]
+    return np.array(rows), width
+
+
+_ERF, _ERF_WIDTH = _erf_table()
+_ERF_T = np.ascontiguousarray(_ERF.T)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf(x), vectorised, in x's dtype (NumPy has none): a piecewise degree-12 polynomial of |x|, odd.
+
+    Each piece k covers |x| in [k w, (k+1) w), t = 2 (|x| - (k + 1/2) w) / w; Horner over
+    the gathered coefficients. Float64 error below 2e-15.
+    """
+    a = np.minimum(np.abs(x, dtype=np.float64), _ERF.shape[0] * _ERF_WIDTH - 1e-12)
+    k = (a / _ERF_WIDTH).astype(np.intp)
+    t = 2.0 * (a - (k + 0.5) * _ERF_WIDTH) / _ERF_WIDTH
+    c = np.take(_ERF_T, k, axis=1)  # (13, ...): each coefficient's values in one contiguous row
+    r = c[-1]
+    for j in range(c.shape[0] - 2, -1, -1):
+        r *= t
+        r += c[j]
+    return np.copysign(r, x).astype(x.dtype, copy=False)
+
+
+_INV_SQRT2 = 1.0 / np.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+@register("gelu")
+class GELU(BufferedOp):
+    """y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 (the exact form, not the tanh approximation).
+
+    dx = dy (Phi(x) + x phi(x)), phi(x) = e^(-x^2/2) / sqrt(2 pi).
+    """
+
+    def forward(self, x, params, training, rng):
+        self.x = x
+        phi = self.phi = self.buf("Phi", x.shape)
+        np.multiply(erf(x * self.dtype.type(_INV_SQRT2)), 0.5, out=phi)
+        phi += self.dtype.type(0.5)
+        return np.multiply(x, phi, out=self.buf("y", x.shape))
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        x = self.x
+        d = np.multiply(x, x, out=self.buf("dx", dy.shape))
+        d *= self.dtype.type(-0.5)
+        np.exp(d, out=d)
+        d *= self.dtype.type(_INV_SQRT_2PI)
+        d *= x
+        d += self.phi
+        d *= dy
+        return d
+
+
+@register("silu")
+class SiLU(BufferedOp):
+    """y = x s, s = sigmoid(x) (swish); dx = dy s (1 + x (1 - s))."""
+
+    def forward(self, x, params, training, rng):
+        self.x = x
+        self.s = stable_sigmoid(x, self.buf("s", x.shape))
+        return np.multiply(x, self.s, out=self.buf("y", x.shape))
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        d = np.subtract(1, self.s, out=self.buf("dx", dy.shape))
+        d *= self.x
+        d += 1
+        d *= self.s
+        d *= dy
+        return d
+
+
+SELU_ALPHA, SELU_LAMBDA = registry.SELU_ALPHA, registry.SELU_LAMBDA
+
+
+@register("selu")
+class SELU(BufferedOp):
+    """y = lambda x (x > 0), lambda alpha (e^x - 1) (x <= 0); Klambauer et al.'s fixed alpha and lambda.
+
+    dx = dy lambda (x > 0), dy (y + lambda alpha) (x <= 0).
+    """
+
+    def forward(self, x, params, training, rng):
+        self.x = x
+        y = self.y = np.minimum(x, 0, out=self.buf("y", x.shape))
+        np.expm1(y, out=y)
+        y *= self.dtype.type(SELU_ALPHA)
+        np.copyto(y, x, where=x > 0)
+        y *= self.dtype.type(SELU_LAMBDA)
+        return y
+
+    def backward(self, dy, params, grads):
+        if not self.need_dx:
+            return None
+        d = np.add(self.y, self.dtype.type(SELU_LAMBDA * SELU_ALPHA), out=self.buf("dx", dy.shape))
+        np.copyto(d, self.dtype.type(SELU_LAMBDA), where=self.x > 0)
+        d *= dy
+        return d
+
+
 # --- batch norm -------------------------------------------------------------------
 
 
@@ -571,6 +695,55 @@ def bn_grad_kernel(dy, xc, a, b, c0, dx):
                 dx[i, j, k] = (dy[i, j, k] * aj + xc[i, j, k] * bj) + cj
 
 
+# --- layer norm -------------------------------------------------------------------
+
+
+@register("layernorm")
+class LayerNorm(BufferedOp):
+    """Layer norm per example over its m features: (N, F) over F, (N, C, H, W) over C, H and W.
+
+    mu_n = mean x_n, var_n = mean (x_n - mu_n)^2 (biased), xhat = (x - mu) / sqrt(var + eps),
+    y = gamma xhat + beta with gamma, beta per feature (F,) or per channel (C,), broadcast over
+    H and W. Training and evaluation compute the same (no running statistics).
+
+    Backward: dbeta = sum_{n,h,w} dy, dgamma = sum_{n,h,w} dy xhat; with g = dy gamma,
+    dx = (g - mean g - xhat mean(g xhat)) / sqrt(var + eps), the means over each example's m features.
+    """
+
+    def __init__(self, layer: Any, dtype: Any = np.float32):
+        super().__init__(layer, dtype)
+        self.eps = float(self.opts["eps"])
+        self.g, self.b = self.key("gamma"), self.key("beta")
+
+    def forward(self, x, params, training, rng):
+        axes = tuple(range(1, x.ndim))
+        shape = channel_shape(params[self.g].size, x.ndim)
+        xhat = np.subtract(x, x.mean(axis=axes, keepdims=True, dtype=self.dtype), out=self.buf("xhat", x.shape))
+        var = np.mean(np.square(xhat, out=self.buf("y", x.shape)), axis=axes, keepdims=True, dtype=self.dtype)
+        self.inv = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
+        xhat *= self.inv
+        self.xhat = xhat
+        y = np.multiply(xhat, params[self.g].reshape(shape), out=self.buf("y", x.shape))
+        y += params[self.b].reshape(shape)
+        return y
+
+    def backward(self, dy, params, grads):
+        gamma = params[self.g]
+        axes = tuple(range(1, dy.ndim))
+        xhat = self.xhat
+        np.copyto(grad_out(grads, self.g, gamma), _channel_dot(dy, xhat) if dy.ndim > 2 else
+                  np.einsum("nf,nf->f", dy, xhat))
+        _reduce_to(dy, grad_out(grads, self.b, params[self.b]))
+        if not self.need_dx:
+            return None
+        g = np.multiply(dy, gamma.reshape(channel_shape(gamma.size, dy.ndim)), out=self.buf("dx", dy.shape))
+        mean_gx = _channel_dot(g, xhat, axis=0).reshape((-1,) + (1,) * (dy.ndim - 1)) / np.prod(dy.shape[1:])
+        g -= g.mean(axis=axes, keepdims=True, dtype=self.dtype)
+        g -= xhat * mean_gx.astype(self.dtype, copy=False)
+        g *= self.inv
+        return g
+
+
 # --- dropout and flatten ----------------------------------------------------------
 
 
@@ -582,6 +755,8 @@ class Dropout(BufferedOp):
     mode scale:    training y = x * mask,     evaluation y = x * q (the lecture's
     "multiply the weights by the keep probability after training").
     mask_i ~ Bernoulli(q), drawn from the generator passed to forward.
+    channels=true (images): one draw per example and channel, mask (N, C, 1, 1) broadcast
+    over H and W, so whole feature maps are dropped (Tompson et al.'s spatial dropout).
     """
 
     def __init__(self, layer: Any, dtype: Any = np.float32):
@@ -589,6 +764,7 @@ class Dropout(BufferedOp):
         self.rate = float(self.opts["rate"])
         self.keep = 1.0 - self.rate
         self.inverted = self.opts.get("mode", "inverted") == "inverted"
+        self.channels = bool(self.opts.get("channels", False))
 
     def forward(self, x, params, training, rng):
         self.training = training
@@ -601,9 +777,13 @@ class Dropout(BufferedOp):
             return x
         if rng is None:
             raise ValueError(f"{self.name}: dropout in training mode needs a random generator")
-        u = rng.random(x.shape, dtype=self.dtype, out=self.buf("u", x.shape))
         value = self.dtype.type(1.0 / self.keep if self.inverted else 1.0)
         y = self.buf("y", x.shape)
+        if self.channels:  # one draw per (example, channel), broadcast over the pixels
+            u = rng.random(x.shape[:2] + (1,) * (x.ndim - 2), dtype=self.dtype)
+            self.mult = np.multiply(u < self.keep, value, dtype=self.dtype)
+            return np.multiply(x, self.mult, out=y)
+        u = rng.random(x.shape, dtype=self.dtype, out=self.buf("u", x.shape))
         kernel = self.compiled = training_kernel(dropout_kernel, training, x)
         if kernel is not None:  # the mask, its scaling and the product in one pass
             c = np.array([self.keep, value, 0], self.dtype)

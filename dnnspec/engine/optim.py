@@ -428,14 +428,19 @@ class Adam(Optimizer):
 
     Computed as  w <- w - (lr*sqrt(c2)/c1) * m / sqrt(s + eps*c2)  with c_i = 1 - b_i^t,
     the same value with the scalar factors folded together (one pass less per factor).
+
+    amsgrad=true (Reddi et al. 2018): a third slot v <- max(v, s) (v starts at 0) replaces s in
+    the denominator, w <- w - (lr*sqrt(c2)/c1) * m / sqrt(v + eps*c2), so the per-weight step
+    size never grows. Both paths implement it (fused_kernels.adam_amsgrad), with the same bits.
     """
 
     kind = "adam"
-    slots = ("m", "s")
 
     def __init__(self, params, names=None, *, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, **kw) -> None:
+                 eps: float = 1e-8, amsgrad: bool = False, **kw) -> None:
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.amsgrad = bool(amsgrad)
+        self.slots = ("m", "s", "v") if self.amsgrad else ("m", "s")
         super().__init__(params, names, **kw)
 
     def decays(self):
@@ -445,10 +450,13 @@ class Adam(Optimizer):
         """``m`` as any trace; ``s`` only where zeroing it cannot move ``sqrt(s + eps*c2)`` (root_flush_floor)."""
         c2 = 1.0 - self.beta2 ** self.t
         floor = root_flush_floor(self.eps * c2, self.beta2, self._flush_every, self.dtype)
-        return {"m": self._flush_below, "s": min(self._flush_below, floor)}
+        floors = {"m": self._flush_below, "s": min(self._flush_below, floor)}
+        if self.amsgrad:  # v is a running maximum, not a decaying trace, but it sits under the root as s
+            floors["v"] = floors["s"]
+        return floors
 
     def _fused_kernel(self):
-        return self._kernels.adam
+        return self._kernels.adam_amsgrad if self.amsgrad else self._kernels.adam
 
     def _fused_scalars(self, lr):
         """b1, 1 - b1, b2, 1 - b2, eps*c2, lr*sqrt(c2)/c1: the NumPy path's folded scalars."""
@@ -457,6 +465,7 @@ class Adam(Optimizer):
 
     def _update(self, params, grads, lr):
         m, s, tmp, sq = self._flat["m"], self._flat["s"], self._tmp_flat, self._sq_flat
+        v = self._flat.get("v")
         c1 = 1.0 - self.beta1 ** self.t
         c2 = 1.0 - self.beta2 ** self.t
         t = m.dtype.type
@@ -472,7 +481,9 @@ class Adam(Optimizer):
             mm *= b1
             mm += tt
             _ema(s[lo:hi], sq[lo:hi], self.beta2)
-            np.add(s[lo:hi], eps, out=tt)      # c2 * (s_hat + eps)
+            if v is not None:
+                np.maximum(v[lo:hi], s[lo:hi], out=v[lo:hi])
+            np.add((s if v is None else v)[lo:hi], eps, out=tt)      # c2 * (s_hat + eps)
             np.sqrt(tt, out=tt)
             np.divide(mm, tt, out=tt)
             tt *= step

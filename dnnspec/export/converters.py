@@ -11,14 +11,21 @@ registered kind has a converter.
 kind                ONNX
 =================== ===============================================================
 dense               Gemm (MatMul + Add with ``dense_op="matmul"``, for quantization)
-conv2d              Conv, explicit pads from :func:`dnnspec.shapes.conv_pads`
+conv2d              Conv, explicit pads from :func:`dnnspec.shapes.conv_pads` (of the dilated
+                    kernel), dilations and group when set
 maxpool / avgpool   MaxPool / AveragePool (count_include_pad=0)
 global_avgpool      GlobalAveragePool, Flatten
+global_maxpool      GlobalMaxPool, Flatten
+layernorm           LayerNormalization (axis=1; gamma, beta broadcast to C, H, W) from
+                    opset 17; below it ReduceMean, Sub, Mul, Add, Sqrt, Div, Mul, Add
 flatten             Flatten (nothing on vectors)
 batchnorm           folded (into the Gemm/Conv before it, else the next, else Mul+Add),
                     or BatchNormalization with ``fold=False``
-dropout             nothing (inverted); keep probability folded (scale mode)
+dropout             nothing (inverted, also channels=true); keep probability folded (scale mode)
 relu, sigmoid, ...  Relu, LeakyRelu, Elu, Softplus, Sigmoid, Tanh, Softmax
+gelu                Gelu from opset 20; below it 0.5 * x * (1 + Erf(x / sqrt 2))
+silu                Mul(x, Sigmoid(x))
+selu                Selu with the engine's alpha and lambda
 learned alpha       PRelu (leaky); Elu with the trained alpha (per layer) or
                     PRelu(Elu(x, 1), alpha) (per channel: equal, since Elu(x, 1) < 0 iff x < 0)
 add                 Add, pairwise left to right (the engine's order of summation)
@@ -68,10 +75,16 @@ def _bias(layer: Layer, params: Params) -> np.ndarray | None:
 
 
 def _window_attrs(layer: Layer) -> dict[str, Any]:
+    """kernel_shape, strides, pads (over the dilated kernel for conv2d); dilations and group when not 1."""
     _, h, w = layer.in_shape
     opts = dict(layer.options)
-    return {"kernel_shape": list(opts["kernel"]), "strides": list(opts["stride"]),
-            "pads": list(conv_pads(opts, h, w))}
+    attrs = {"kernel_shape": list(opts["kernel"]), "strides": list(opts["stride"]),
+             "pads": list(conv_pads(registry.dilated(opts) if layer.kind == "conv2d" else opts, h, w))}
+    if tuple(opts.get("dilation", (1, 1))) != (1, 1):
+        attrs["dilations"] = list(opts["dilation"])
+    if opts.get("groups", 1) != 1:
+        attrs["group"] = int(opts["groups"])
+    return attrs
 
 
 @converter("dense")
@@ -85,6 +98,8 @@ def dense(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
 def conv2d(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
     """Conv with kernel (filters, in_channels, kh, kw) and explicit pads (top, left, bottom, right)."""
     attrs = _window_attrs(layer)
+    if "group" in attrs:  # a grouped kernel (F, C/G, kh, kw) cannot absorb a per-input-channel map: write it
+        g.materialize()
     g.open_linear(Linear(layer.name, "Conv", _f64(params, f"{layer.name}.kernel"), _bias(layer, params),
                          attrs, padded=any(attrs["pads"])))
     g.shape = layer.out_shape
@@ -111,6 +126,36 @@ def global_avgpool(g: GraphBuilder, layer: Layer, params: Params, fold: bool) ->
     g.node("GlobalAveragePool", [g.x], f"{layer.name}/pooled")
     g.node("Flatten", [g.x], layer.name, axis=1)
     g.shape = layer.out_shape
+
+
+@converter("global_maxpool")
+def global_maxpool(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """(N, C, H, W) -> GlobalMaxPool (N, C, 1, 1) -> Flatten (N, C)."""
+    g.before(carry=True, positive=True)
+    g.node("GlobalMaxPool", [g.x], f"{layer.name}/pooled")
+    g.node("Flatten", [g.x], layer.name, axis=1)
+    g.shape = layer.out_shape
+
+
+@converter("layernorm")
+def layernorm(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """y = gamma (x - mean) / sqrt(var + eps) + beta over each example's features (axes 1..)."""
+    n, shape, eps = layer.name, tuple(layer.in_shape), float(layer.options["eps"])
+    g.before()
+    # per-channel gamma and beta broadcast to the normalised shape (C, H, W) that ONNX expects
+    full = {p: np.broadcast_to(_f64(params, f"{n}.{p}").reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+            for p in ("gamma", "beta")}
+    gamma, beta = g.const(f"{n}.gamma", full["gamma"]), g.const(f"{n}.beta", full["beta"])
+    if getattr(g, "opset", 17) >= 17:
+        g.node("LayerNormalization", [g.x, gamma, beta], n, axis=1, epsilon=eps)
+        return
+    x, axes = g.x, list(range(1, len(shape) + 1))
+    mean = g.node("ReduceMean", [x], f"{n}/mean", axes=axes, keepdims=1)
+    xc = g.node("Sub", [x, mean], f"{n}/centred")
+    var = g.node("ReduceMean", [g.node("Mul", [xc, xc], f"{n}/squares")], f"{n}/var", axes=axes, keepdims=1)
+    std = g.node("Sqrt", [g.node("Add", [var, g.const(f"{n}.eps", np.array(eps))], f"{n}/var_eps")], f"{n}/std")
+    xhat = g.node("Div", [xc, std], f"{n}/xhat")
+    g.node("Add", [g.node("Mul", [xhat, gamma], f"{n}/scaled"), beta], n)
 
 
 @converter("flatten")
@@ -165,6 +210,36 @@ converter("relu")(elementwise("Relu", positive=True))
 converter("softplus")(elementwise("Softplus"))
 converter("sigmoid")(elementwise("Sigmoid"))
 converter("tanh")(elementwise("Tanh"))
+
+
+@converter("gelu")
+def gelu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Gelu (exact, approximate="none") from opset 20; earlier, x * 0.5 * (1 + Erf(x / sqrt 2))."""
+    g.before()
+    if getattr(g, "opset", 20) >= 20:
+        g.node("Gelu", [g.x], layer.name)
+        return
+    x, n = g.x, layer.name
+    e = g.node("Erf", [g.node("Mul", [x, g.const(f"{n}.rsqrt2", np.array(1 / np.sqrt(2)))], f"{n}/scaled")],
+               f"{n}/erf")
+    half = g.node("Mul", [g.node("Add", [e, g.const(f"{n}.one", np.array(1.0))], f"{n}/erf1"),
+                          g.const(f"{n}.half", np.array(0.5))], f"{n}/Phi")
+    g.node("Mul", [x, half], n)
+
+
+@converter("silu")
+def silu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """x * Sigmoid(x)."""
+    g.before()
+    x = g.x
+    g.node("Mul", [x, g.node("Sigmoid", [x], f"{layer.name}/sigmoid")], layer.name)
+
+
+@converter("selu")
+def selu(g: GraphBuilder, layer: Layer, params: Params, fold: bool) -> None:
+    """Selu with alpha and gamma (our lambda) as the engine's."""
+    g.before()
+    g.node("Selu", [g.x], layer.name, alpha=registry.SELU_ALPHA, gamma=registry.SELU_LAMBDA)
 
 
 @converter("softmax")

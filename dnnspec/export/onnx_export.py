@@ -73,6 +73,7 @@ def to_onnx(model: Model, params: Mapping[str, np.ndarray], *, opset: int | None
     opset = check_opset(opset)
     check_params(model, params, source)
     g = GraphBuilder(INPUT_NAME, model.input.shape, dense_op)
+    g.opset = opset  # converters choose an operator or its decomposition by it (gelu, layernorm)
     input_affine(g, model, params)
     readers = model.consumers
     g.leave(INPUT, len(readers[INPUT]))
