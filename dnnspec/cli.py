@@ -24,6 +24,8 @@ COMMANDS = {
     "serve": "serve ONNX models over the Open Inference Protocol (HTTP)",
     "augment-preview": "draw originals beside augmented variants as a PNG grid",
     "plot": "draw learning curves of one or several runs",
+    "search": "search a space of spec variants: check every candidate, train them in parallel, rank them",
+    "prune": "remove the weakest units and filters of a trained run: a smaller, faster network",
 }
 
 

@@ -39,6 +39,7 @@ from .schema import (
     OptionError,
     describe_value,
 )
+from .search.space import refuse_search
 from .shapes import fmt_shape
 
 MAX_FILE_BYTES = 1_000_000
@@ -61,6 +62,7 @@ def parse(text: str, path: str = "<string>", *, check_memory: bool = True) -> ir
     """
     text = normalize_text(text)
     stmts = parse_ast(text, path)
+    refuse_search(stmts, text, path)  # choice(...), choose, budget: `dnnspec search` expands them first
     model = _Builder(path, text).build(stmts)
     if check_memory:
         diag = memory.check(model)

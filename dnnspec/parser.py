@@ -46,11 +46,24 @@ MAX_NESTING = 32
 
 @dataclass(frozen=True)
 class Value:
-    """A raw value and where it was written. ``kind``: number, string, name, list, quantity, range."""
+    """A raw value and where it was written. ``kind``: number, string, name, list, quantity, range, call."""
 
     raw: Any
     span: Span
     kind: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """A search-space value such as ``choice(64, 128)`` or ``uniform(0.1, 0.5)`` (dnnspec.search.space).
+
+    ``args`` keep their spans, so the search module can point at each alternative. A plain
+    spec holding one is refused by the front end with a pointer to ``dnnspec search``.
+    """
+
+    name: str
+    name_span: Span
+    args: tuple[Value, ...]
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,10 @@ class _ToAst(Transformer):
     def list(self, items):
         span = self._join(self._tok(items[0]), self._tok(items[-1]))
         return Value([v.raw for v in items[1:-1]], span, "list")
+
+    def call(self, items):
+        head, args = items[0], tuple(v for v in items[2:-1] if isinstance(v, Value))
+        return Value(Call(str(head), self._tok(head), args), self._join(self._tok(head), self._tok(items[-1])), "call")
 
     def option(self, items):
         name, value = items
@@ -290,7 +307,8 @@ def _blank_line(text: str, line: int) -> str:
 _TOKEN_NAMES = {
     "NAME": "a name", "NUMBER": "a number", "QUANTITY": "a number with a unit", "STRING": "a quoted string",
     "_NL": "end of line", "_SEP": "','", "COMMA": "','", "EQUAL": "'='", "LBRACE": "'{'", "RBRACE": "'}'",
-    "LSQB": "'['", "RSQB": "']'", "SLASH": "'/'", "__ANON_0": "'..'", "$END": "end of file",
+    "LSQB": "'['", "RSQB": "']'", "LPAR": "'('", "RPAR": "')'", "SLASH": "'/'", "__ANON_0": "'..'",
+    "$END": "end of file",
 }
 
 _CHAR_HINTS = {
@@ -341,6 +359,9 @@ def _token_hint(tok: Token, expected: set[str], in_list: bool) -> str:
         return "a list needs ']' to close it, with ',' between its values"
     if tok.type == "EQUAL":
         return "an option is written name=value with a name before '='"
+    if tok.type in ("LPAR", "RPAR"):
+        return ("lists are written with brackets: [1, 28, 28]; a search value is written "
+                "name(...) with no space, like choice(64, 128)")
     if tok.type == "RBRACE":
         return "this '}' closes no block: remove it or add the '{' it belongs to"
     if tok.type == "LBRACE":

@@ -1,0 +1,1 @@
+"""Search over spec variants: spaces (space.py) and trials (runner.py); docs/search.md."""
