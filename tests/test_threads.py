@@ -106,10 +106,10 @@ def test_budget_follows_affinity_and_quota(monkeypatch):
 # --- the meter of other processes' CPU time ----------------------------------------------------------
 
 
-def _stat(busy0: int, busy1: int, busy_other: int = 0) -> str:
-    """/proc/stat with cpu0, cpu1 (ours) and cpu2 (not ours); busy jiffies in user."""
+def _stat(busy0: int, busy1: int, busy_other: int = 0, niced: int = 0) -> str:
+    """/proc/stat with cpu0, cpu1 (ours) and cpu2 (not ours); busy jiffies in user (and nice on cpu0)."""
     return (f"cpu  {busy0 + busy1} 0 0 0 0 0 0 0 0 0\n"
-            f"cpu0 {busy0} 0 0 900 0 0 0 0 0 0\ncpu1 {busy1} 0 0 900 0 0 0 0 0 0\n"
+            f"cpu0 {busy0} {niced} 0 900 0 0 0 0 0 0\ncpu1 {busy1} 0 0 900 0 0 0 0 0 0\n"
             f"cpu2 {busy_other} 0 0 900 0 0 0 0 0 0\nintr 1 2 3\n\nctxt 99\n")
 
 
@@ -126,11 +126,17 @@ def test_cpu_meter_counts_others_on_our_cpus_only(tmp_path):
     assert meter.sample() == pytest.approx(1.1)
     now[0] = 1.01  # too soon to tell: None, and the window keeps growing from 1.0
     assert meter.sample() is None
-    stat.write_text(_stat(100, 50))
+    stat.write_text(_stat(100, 50, niced=80))  # a niced job took 0.8 s: it gives way to us, so it is free CPU
     now[0] = 2.0
     assert meter.sample() == pytest.approx(0.0)
-    stat.unlink()
+    niced = cpus.CpuMeter(str(stat), cpus={0, 1}, clock=lambda: now[0], cpu_time=lambda: own[0])
+    niced.tick, niced.count_nice = 100, True  # ... unless we are niced as well
+    niced.last = niced._read()
+    stat.write_text(_stat(100, 50, niced=160))
     now[0] = 3.0
+    assert niced.sample() == pytest.approx(0.8)
+    stat.unlink()
+    now[0] = 4.0
     assert meter.sample() is None
 
 

@@ -130,8 +130,9 @@ class CpuMeter:
 
         others = (busy time of our CPUs - this process's CPU time) / wall time     [CPUs]
 
-    busy counts user, nice, system, irq, softirq and steal (a hypervisor running another
-    machine on the same core) jiffies of each ``cpuN`` line in the affinity mask; ``ncpus``
+    busy counts user, system, irq, softirq and steal (a hypervisor running another machine
+    on the same core) jiffies of each ``cpuN`` line in the affinity mask, and nice jiffies
+    only when this process is niced itself (a niced process gives way to ours); ``ncpus``
     is how many such lines there are. Jiffies are 10 ms, so a window shorter than
     MIN_WINDOW returns None and keeps growing; so does everything where ``/proc/stat``
     cannot be read.
@@ -150,6 +151,10 @@ class CpuMeter:
         self.names = None if cpus is None else {f"cpu{i}" for i in cpus}
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.ncpus = 0
+        try:  # processes niced above us give way to us: their CPU time is ours to take, unless we are niced too
+            self.count_nice = os.getpriority(os.PRIO_PROCESS, 0) > 0
+        except (AttributeError, OSError):
+            self.count_nice = False
         self.last = self._read()
 
     def _read(self) -> tuple[float, float, float] | None:
@@ -170,7 +175,7 @@ class CpuMeter:
                 v = [int(x) for x in fields[1:9]]
             except ValueError:
                 continue
-            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
+            busy += v[0] + v[2] + v[5] + v[6] + v[7] + (v[1] if self.count_nice else 0)
             n += 1
         if n == 0:
             return None

@@ -223,8 +223,10 @@ class Net:
     #: Let a conv2d hand its output to the tiling maxpool after it window-major (see _feed_pools).
     fuse_conv_maxpool = True
     #: Split passes and GEMMs over the engine's own threads with single-threaded BLAS
-    #: (engine/threads.py): "auto" (= True) for every network, so that results do not depend
-    #: on the thread count and the count can follow the machine's load; False leaves BLAS as it is.
+    #: (engine/threads.py): "auto" does it for networks with convolutions, whose ms-long passes
+    #: repay the hand-offs, and there results do not depend on the thread count and the count
+    #: follows the machine's load. An MLP keeps OpenBLAS's threads: on a quiet machine they
+    #: were 7-23 % faster per epoch (docs/engine.md, Threads); True opts an MLP in.
     own_threads: bool | str = "auto"
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
@@ -261,7 +263,8 @@ class Net:
         self._first = self._first_with_grads() if self.graph is None else 0
         self._buf = base.Scratch(self.dtype)
         self.last_logits: np.ndarray | None = None
-        self._threads = self.own_threads == "auto" or bool(self.own_threads)
+        auto = any(layer.kind == "conv2d" for layer in model.layers)
+        self._threads = auto if self.own_threads == "auto" else bool(self.own_threads)
 
     def threads(self):
         """The context every pass runs in: :func:`threads.own_threads` (re-entrant) or nothing.
