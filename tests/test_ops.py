@@ -22,13 +22,8 @@ F64 = np.float64
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-@pytest.fixture(autouse=True, params=["numpy", "fused"])
-def path(request, monkeypatch):
-    """Each test once per path: the NumPy passes, and the compiled kernels of training passes."""
-    if request.param == "fused" and not HAS_NUMBA:
-        pytest.skip("numba is not installed (pip install 'dnnspec[fast]')")
-    monkeypatch.setenv("DNNSPEC_FUSED", "1" if request.param == "fused" else "0")
-    return request.param
+# every test once per path (conftest.both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
 
 
 def make_op(kind: str, in_shape: tuple[int, ...], dtype=F64, seed: int = 0, **opts):

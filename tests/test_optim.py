@@ -19,13 +19,8 @@ from dnnspec.schema import OPTIMIZER
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-@pytest.fixture(autouse=True, params=["numpy", "fused"])
-def path(request, monkeypatch):
-    """Each test once per optimizer path; the fused one requires numba."""
-    if request.param == "fused" and not HAS_NUMBA:
-        pytest.skip("numba is not installed (pip install 'dnnspec[fast]')")
-    monkeypatch.setenv("DNNSPEC_FUSED", "1" if request.param == "fused" else "0")
-    return request.param
+# every test once per path (conftest.both_paths)
+pytestmark = pytest.mark.usefixtures("both_paths")
 
 # --- independent references: plain Python floats, one scalar at a time, straight from the formulas ---
 
@@ -86,11 +81,11 @@ CASES = [
 @pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-14), (np.float32, 2e-6, 1e-6)],
                          ids=["float64", "float32"])
 @pytest.mark.parametrize("cls,opts,ref", CASES, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(CASES)])
-def test_steps_match_formulas(cls, opts, ref, dtype, rtol, atol, path):
+def test_steps_match_formulas(cls, opts, ref, dtype, rtol, atol, both_paths):
     w0 = np.array([0.3, -1.2, 2.0], dtype)
     params = {"a.kernel": w0.copy()}
     opt = cls(params, **opts)
-    assert opt.fused == (path == "fused")
+    assert opt.fused == (both_paths == "fused")
     scales = np.array([1.0, -0.5, 3.0], dtype)  # each coordinate sees a scaled copy of the sequence
     for k, g in enumerate(GRADS):
         opt.step(params, {"a.kernel": g * scales})

@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from ..errors import UsageError
+from . import positive_int
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -26,16 +27,6 @@ def _ks(text: str) -> tuple[int, ...]:
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, found {text!r}")
     return ks
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
-    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json and DIR/confusion.png")
     p.add_argument("--top-k", type=_ks, default=(3, 5), metavar="K[,K]",
                    help="top-k accuracies to report (default 3,5; those below the number of classes)")
-    p.add_argument("--batch", type=_positive, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
                    help="examples per forward pass (default: as many as keep the widest layer within 64 MiB)")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider for .onnx")
 

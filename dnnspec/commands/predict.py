@@ -22,30 +22,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from . import positive_int
 
 OUT_SUFFIXES = (".csv", ".json", ".npy")
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
-    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="an exported model")
     p.add_argument("input", metavar="INPUT", nargs="+",
                    help=".npy, .npz, .csv, IDX (*-ubyte[.gz]) or image files, folders of images, glob patterns")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="predict the first N examples only")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="predict the first N examples only")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
-    p.add_argument("--batch", type=_positive, default=1024,
+    p.add_argument("--batch", type=positive_int, default=1024,
                    help="examples per onnxruntime call (default 1024; a model with a fixed batch axis uses its own)")
-    p.add_argument("--top", type=_positive, default=3, metavar="K", help="classes to show per example (default 3)")
-    p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: onnxruntime's)")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="classes to show per example (default 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: onnxruntime's)")
     p.add_argument("--out", metavar="FILE", help="write results to FILE.csv, FILE.json or FILE.npy instead")
 
 
