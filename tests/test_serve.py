@@ -81,6 +81,49 @@ def reference(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
 
 
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, headers, body) of one raw HTTP request to 127.0.0.1:port on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def cli_server(args: list[str], env: dict | None = None, preexec_fn=None, ready_s: float = 30, stop_s: float = 30):
+    """``python -m dnnspec serve ARGS`` on 127.0.0.1; yields (process, port, announce line).
+
+    Ready when ``/v2/health/ready`` answers 200 (within ``ready_s``); stopped by its pid with
+    SIGINT, which must end it with status 0 and no traceback within ``stop_s`` (else killed).
+    """
+    port_args = [] if "--port" in args else ["--port", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "dnnspec", "serve", *args, *port_args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=preexec_fn)
+    try:
+        announce = proc.stderr.readline()
+        assert "on http://127.0.0.1:" in announce, announce
+        port = int(announce.split("127.0.0.1:")[1].split("/")[0])
+        deadline = time.monotonic() + ready_s
+        while True:
+            with contextlib.suppress(OSError):
+                if request(port, "GET", "/v2/health/ready")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.05)
+        yield proc, port, announce
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(stop_s) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class Running:
     """A server running in a background thread on a free loopback port, with the settings of ``dnnspec serve``."""
 
@@ -108,13 +151,7 @@ class Running:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         """(status, headers, body) of one raw HTTP request on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+        return request(self.port, method, path, body, headers)
 
     def stats(self, name: str) -> dict:
         status, _, body = self.request("GET", f"/v2/models/{name}/stats")
@@ -655,29 +692,8 @@ def test_graceful_shutdown_finishes_requests_in_flight(repo):
 # ---------------------------------------------------------------- command line
 
 def test_cli_serves_until_sigint(repo):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "dnnspec", "serve", str(repo / "mlp.onnx"), "--port", "0"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()
-        assert "on http://127.0.0.1:" in line, line
-        port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-        assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with cli_server([str(repo / "mlp.onnx")], ready_s=10, stop_s=15):
+        pass
 
 
 @pytest.mark.parametrize("args,code,fragment", [

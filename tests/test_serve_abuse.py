@@ -11,20 +11,17 @@ by its pid.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import FEATURES, binary_infer, json_infer, reference, rows, write_repository
+from test_serve import FEATURES, binary_infer, cli_server, json_infer, reference, request, rows, write_repository
 
 pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's /proc entries")
@@ -47,13 +44,7 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         """(status, headers, body) of one request on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+        return request(self.port, method, path, body, headers)
 
     def infer(self, body: bytes, headers: dict | None = None):
         return self.request("POST", "/v2/models/mlp/infer", body, headers)
@@ -77,28 +68,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = write_repository(tmp_path_factory.mktemp("abuse") / "models") / "mlp.onnx"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "dnnspec", "serve", str(model), "--port", "0", *OPTIONS],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_few_open_files)
-    try:
-        announce = proc.stderr.readline()
-        assert "on http://127.0.0.1:" in announce, announce
-        srv = Server(proc, int(announce.split("127.0.0.1:")[1].split("/")[0]), announce, model)
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError):
-                if srv.request("GET", "/v2/health/ready")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.05)
-        yield srv
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with cli_server([str(model), *OPTIONS], preexec_fn=_few_open_files, ready_s=20) as (proc, port, announce):
+        yield Server(proc, port, announce, model)
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:

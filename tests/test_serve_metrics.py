@@ -5,11 +5,8 @@ endpoint, counted by other code)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +19,7 @@ import pytest
 pytest.importorskip("uvicorn")
 from prometheus_client import CollectorRegistry, Counter  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from test_serve import FEATURES, Running, binary_infer, json_infer, rows, write_repository  # noqa: E402
+from test_serve import FEATURES, Running, binary_infer, cli_server, json_infer, request, rows, write_repository  # noqa: E402
 
 from dnnspec.serve.metrics import REASONS, batch_buckets, render  # noqa: E402
 
@@ -34,17 +31,6 @@ LATENCY = "dnnspec_inference_request_duration_seconds"
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     return write_repository(tmp_path_factory.mktemp("metrics") / "models")
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """(status, headers, body) of one request on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 def scrape(port: int) -> tuple[dict, str]:
@@ -61,34 +47,6 @@ def value(samples: dict, name: str, model: str, version: str = "1", **labels) ->
     return samples[(name, tuple(sorted({"model": model, "version": version, **labels}.items())))]
 
 
-@contextlib.contextmanager
-def cli_server(args: list[str], env: dict | None = None):
-    """``python -m dnnspec serve ARGS`` on 127.0.0.1; yields (process, port); stopped by its pid (SIGINT, then kill)."""
-    port_args = [] if "--port" in args else ["--port", "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "dnnspec", "serve", *args, *port_args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        line = proc.stderr.readline()
-        assert "on http://127.0.0.1:" in line, line
-        port = int(line.split("127.0.0.1:")[1].split("/")[0])
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                if request(port, "GET", "/v2/health/ready")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.05)
-        yield proc, port
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,7 +59,7 @@ def test_scrape_counts_requests_failures_rows_and_runs_exactly(repo):
     """Window 0 (each request one run): 3 good requests of 1, 2 and 4 rows and one for tri (v2, the
     newest); 3 bad ones (two refused before running, one after: top_k 9 > 5 classes); unknown model and
     version (no series: no client can add label values)."""
-    with cli_server([str(repo), "--batch-window-ms", "0"]) as (proc, port):
+    with cli_server([str(repo), "--batch-window-ms", "0"]) as (proc, port, _):
         for n in (1, 2, 4):
             assert request(port, "POST", "/v2/models/mlp/infer", *binary_infer(rows(n, seed=n)))[0] == 200
         assert request(port, "POST", "/v2/models/tri/infer", *binary_infer(rows(3)))[0] == 200
@@ -223,7 +181,7 @@ def test_two_workers_report_the_sum_of_both(repo, tmp_path):
     tmp.mkdir()
     sent, per_worker, scrapes = 0, set(), []
     with cli_server([str(repo / "mlp.onnx"), "--workers", "2", "--port", str(free_port())],
-                    env={"TMPDIR": str(tmp)}) as (proc, port):
+                    env={"TMPDIR": str(tmp)}) as (proc, port, _):
         assert len(list(tmp.glob("dnnspec-metrics-*"))) == 1
         for _ in range(5):  # bursts of concurrent requests until the statistics show both workers served
             threads = [threading.Thread(target=lambda: request(port, "POST", "/v2/models/mlp/infer",
