@@ -350,7 +350,7 @@ def test_init_options_that_do_nothing_are_errors():
     assert errs == ["std= does nothing with init=he_uniform", "limit= does nothing with init=he_uniform"]
 
 
-def test_a_batch_override_is_memory_checked(tmp_path, monkeypatch):
+def test_a_batch_override_is_memory_checked(tmp_path, monkeypatch, capsys):
     """`train --batch N` is checked like the spec's own batch: one line, exit 2, before any data is read."""
     from dnnspec.cli import main
 
@@ -359,7 +359,11 @@ def test_a_batch_override_is_memory_checked(tmp_path, monkeypatch):
                     "train batch=32\n")
     monkeypatch.setenv(memory.ENV, "1GiB")
     assert main(["check", str(spec)]) == 0
+    capsys.readouterr()
     assert main(["train", str(spec), "--batch", "1000000", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dnnspec: error: --batch 1000000: training s needs about ") and "\n" not in err
+    assert err.endswith("use a smaller --batch") and "of the limit DNNSPEC_MEMORY_LIMIT=1GiB" in err
     assert not (tmp_path / "run").exists()
 
 
