@@ -692,7 +692,7 @@ def describe_examples(found: tuple[int, ...], schema: DataSchema | None = None) 
         return f"images are {dims} ({how}; {c * h * w:,} values)"
     values = math.prod(found)
     return f"examples have {found[0]} features" if len(found) == 1 else \
-        f"examples have shape {_fmt(found)} ({values:,} values)"
+        f"examples have shape {fmt_dims(found)} ({values:,} values)"
 
 
 def spec_fix(found: tuple[int, ...], inp: ir.Input, schema: DataSchema | None = None) -> str:
@@ -713,7 +713,7 @@ def _check_labels(where: str, split: str, y: np.ndarray, task: ir.Task) -> np.nd
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{where}: {split}labels have shape {_fmt(y.shape)}; expected class indices of shape (N,)")
+        raise DataError(f"{where}: {split}labels have shape {fmt_dims(y.shape)}; expected class indices of shape (N,)")
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             i = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
@@ -739,7 +739,7 @@ def describe_dataset(data: Dataset, model: ir.Model) -> str:
     x = data.x_train
     splits = [f"{len(x):,} training"]
     splits += [f"{len(v):,} {name}" for name, v in (("validation", data.x_val), ("test", data.x_test)) if v is not None]
-    what = f"examples of {_fmt(x.shape[1:])} {x.dtype}"
+    what = f"examples of {fmt_dims(x.shape[1:])} {x.dtype}"
     if data.schema is not None and data.schema.kind == "table":
         what = f"examples of {x.shape[1]} features ({data.schema.describe_columns()})"
     lines = list(data.notes) + [f"data {data.path or data.name}: {', '.join(splits)} {what}"]
@@ -760,7 +760,7 @@ def _check_targets(where: str, split: str, y: np.ndarray, targets: int) -> np.nd
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2 or y.shape[1] != targets:
-        raise DataError(f"{where}: {split}targets have width {y.shape[1] if y.ndim == 2 else _fmt(y.shape[1:])}, "
+        raise DataError(f"{where}: {split}targets have width {y.shape[1] if y.ndim == 2 else fmt_dims(y.shape[1:])}, "
                         f"the spec expects {targets} target(s) per example")
     if y.dtype.kind not in "uifb":
         raise DataError(f"{where}: {split}targets hold {y.dtype} values; expected numbers")
@@ -768,9 +768,6 @@ def _check_targets(where: str, split: str, y: np.ndarray, targets: int) -> np.nd
     if not np.isfinite(y).all():
         raise DataError(f"{where}: {split}targets hold NaN or inf; clean the data first")
     return y
-
-
-_fmt = fmt_dims
 
 
 __all__ = ["BUILTINS", "FASHION_CLASSES", "Dataset", "blobs", "check_data", "digits", "fashion_mnist",
