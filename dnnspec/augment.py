@@ -27,17 +27,32 @@ in (x, -y) screen axes, so that theta = 90 deg equals ``np.rot90(img, 1, axes=(-
 the image read zeros. The result is clipped to ``value_range``; labels are unchanged.
 Every random number comes from the ``rng`` argument, drawn for the whole batch in a
 fixed order, so the same generator state gives the same batch.
+
+mixup and cutmix (``schema.MIX_OPS``) mix pairs of examples, so their labels too:
+``Mixer(model.augment, input_shape)`` gives ``mixer(x, rng) -> (x', mix)`` on the batch the
+per-image ops produced, where ``mix = Mix(perm, lam)`` (or None: batch left alone) says that
+example i is now lam parts example i and 1 - lam parts example perm[i]; the loss weights the
+two labels the same way (``dnnspec.engine.losses``, ``mix=``). Per batch, one uniform u picks
+the op: cutmix when u < p_cutmix, else mixup when u < p_cutmix + (1 - p_cutmix) p_mixup; then
+lam ~ Beta(alpha, alpha) and a permutation of the batch (Zhang et al. 2018; Yun et al. 2019):
+
+=========== ==========================================================================
+mixup a     x <- lam x + (1 - lam) x[perm]
+cutmix a    a box of side sqrt(1 - lam) times H and W, centred at a uniform pixel and cut
+            at the border, is copied from x[perm]; lam <- 1 - box area / (H W), exactly
+=========== ==========================================================================
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from . import ir
-from .schema import AUGMENT_ORDER
+from .schema import AUGMENT_ORDER, MIX_OPS
 
 AFFINE = ("translate", "rotate", "scale")
 
@@ -55,7 +70,8 @@ class Augmenter:
         unknown = [s.kind for s in steps if s.kind not in AUGMENT_ORDER]
         if unknown:
             raise ValueError(f"unknown augment op {unknown[0]!r}")
-        self.steps = tuple(sorted(steps, key=lambda s: AUGMENT_ORDER.index(s.kind)))
+        per_image = [s for s in steps if s.kind not in MIX_OPS]  # mixup, cutmix: the Mixer's
+        self.steps = tuple(sorted(per_image, key=lambda s: AUGMENT_ORDER.index(s.kind)))
         self.input_shape = tuple(int(d) for d in input_shape)
         self.value_range = (float(value_range[0]), float(value_range[1]))
 
@@ -138,6 +154,69 @@ class Augmenter:
         y0 = (rng.random(n) * (h - eh + 1)).astype(np.int64)
         x0 = (rng.random(n) * (w - ew + 1)).astype(np.int64)
         return erase(x, on, y0, x0, eh, ew, o["value"])
+
+
+class Mix(NamedTuple):
+    """How a batch was mixed: example i is ``lam`` parts itself and ``1 - lam`` parts example ``perm[i]``.
+
+    ``perm``: (N,) intp permutation of the batch; ``lam`` in [0, 1]. Passed to the loss as
+    ``mix=`` (targets ``lam t + (1 - lam) t[perm]``).
+    """
+
+    perm: np.ndarray
+    lam: float
+
+    def dominant(self, y: np.ndarray) -> np.ndarray:
+        """The label with the larger weight per example: ``y`` when lam >= 1/2, else ``y[perm]``."""
+        return y if self.lam >= 0.5 else y[self.perm]
+
+
+class Mixer:
+    """mixup and cutmix of a batch (see the module doc): ``mixer(x, rng) -> (x', Mix or None)``.
+
+    ``steps``: the augment block (other ops are ignored); ``input_shape``: ``(C, H, W)``, or
+    ``(F,)`` for mixup alone.
+    """
+
+    def __init__(self, steps: Sequence[ir.Step], input_shape: tuple[int, ...]) -> None:
+        ops = {s.kind: dict(s.options) for s in steps if s.kind in MIX_OPS}
+        self.cutmix, self.mixup = ops.get("cutmix"), ops.get("mixup")
+        if self.cutmix is not None and len(input_shape) != 3:
+            raise ValueError(f"cutmix needs image inputs (C, H, W), got shape {tuple(input_shape)}")
+        self.input_shape = tuple(int(d) for d in input_shape)
+
+    @classmethod
+    def from_model(cls, model: ir.Model) -> Mixer | None:
+        """The model's Mixer, or None when its augment block has neither mixup nor cutmix."""
+        if not any(s.kind in MIX_OPS for s in model.augment):
+            return None
+        return cls(model.augment, model.input.shape)
+
+    def _choose(self, u: float) -> str | None:
+        pc = self.cutmix["p"] if self.cutmix is not None else 0.0
+        if u < pc:
+            return "cutmix"
+        if self.mixup is not None and u < pc + (1.0 - pc) * self.mixup["p"]:
+            return "mixup"
+        return None
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Mix | None]:
+        """``x`` (N, *input_shape) -> (a new float batch, Mix) or (``x`` itself, None) when not mixed.
+
+        Draws, in order: u (which op), lam ~ Beta(alpha, alpha), the permutation, then the
+        box centre (cutmix). A float32 or float64 batch keeps its dtype; others become float32.
+        """
+        op = self._choose(float(rng.random()))
+        if op is None:
+            return x, None
+        lam = float(rng.beta(getattr(self, op)["alpha"], getattr(self, op)["alpha"]))
+        perm = rng.permutation(len(x))
+        out = np.array(x, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float32, copy=True)
+        if op == "mixup":
+            return mixup(out, perm, lam), Mix(perm, lam)
+        _, h, w = self.input_shape
+        box = cutmix_box(lam, h, w, int(rng.integers(0, h)), int(rng.integers(0, w)))
+        return cutmix(out, perm, box), Mix(perm, 1.0 - box_area(box) / (h * w))
 
 
 def default_value_range(x: np.ndarray | None, scale: float = 1.0) -> tuple[float, float]:
@@ -233,4 +312,35 @@ def erase(x: np.ndarray, on: np.ndarray, y0: np.ndarray, x0: np.ndarray, eh: np.
     return x
 
 
-__all__ = ["AFFINE", "Augmenter", "affine_matrices", "affine_sample", "crop", "default_value_range", "erase"]
+def mixup(x: np.ndarray, perm: np.ndarray, lam: float) -> np.ndarray:
+    """``x <- lam x + (1 - lam) x[perm]`` in place on float ``x`` (N, ...); returns ``x``."""
+    other = x[perm]  # a copy: x is overwritten below
+    x *= x.dtype.type(lam)
+    other *= x.dtype.type(1.0 - lam)
+    x += other
+    return x
+
+
+def cutmix_box(lam: float, h: int, w: int, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """The box ``(y0, y1, x0, x1)`` (half-open) of cutmix: sides floor(sqrt(1 - lam) H) and
+    floor(sqrt(1 - lam) W) centred at pixel (cy, cx), cut at the image border (Yun et al. 2019)."""
+    r = math.sqrt(max(0.0, 1.0 - lam))
+    bh, bw = int(h * r), int(w * r)
+    y0, x0 = cy - bh // 2, cx - bw // 2
+    return max(y0, 0), min(y0 + bh, h), max(x0, 0), min(x0 + bw, w)
+
+
+def box_area(box: tuple[int, int, int, int]) -> int:
+    y0, y1, x0, x1 = box
+    return max(y1 - y0, 0) * max(x1 - x0, 0)
+
+
+def cutmix(x: np.ndarray, perm: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Copy ``box`` = (y0, y1, x0, x1) of example perm[i] into example i, in place on ``x`` (N, C, H, W)."""
+    y0, y1, x0, x1 = box
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]  # the right side is gathered (copied) first
+    return x
+
+
+__all__ = ["AFFINE", "Augmenter", "Mix", "Mixer", "affine_matrices", "affine_sample", "box_area", "crop", "cutmix",
+           "cutmix_box", "default_value_range", "erase", "mixup"]

@@ -23,7 +23,8 @@ Sources (``load_data(source, model)``; see ``docs/data.md``):
 Arrays keep their raw units: uint8 images stay uint8 (the model's ``input.scale`` turns
 them into [0, 1]); other inputs become float32. ``x`` is reshaped (a view, no copy) to
 ``(N, *model.input.shape)``. Classification labels become int64 class indices ``(N,)``;
-regression targets float32 ``(N, targets)``.
+regression targets float32 ``(N, targets)``, which must be 0 or 1 for a multi-label spec
+(``targets N`` with binary_cross_entropy).
 
 Every size a file claims (IDX dimensions, .npy/.npz array headers) is checked against
 the file and the machine's memory before anything that size is allocated.
@@ -316,6 +317,12 @@ def _read_table(path: Path, label: str | None, model: Any, schema: DataSchema | 
         x = tables.encode(table, keep, tables.learn_columns(table, keep))
         return Dataset(x, y[:, 0] if y.shape[1] == 1 else y, name=path.stem, path=str(path), notes=(choice.phrase,))
     part = tables.table_data(table, task, label, schema)
+    if _multilabel(model):  # here, where the file's rows and columns are known
+        bad = _not_yes_no(part.y)
+        if bad is not None:
+            i, j = bad
+            raise DataError(f"{table.where(i, table.names.index(part.schema.label[j]))}: label {part.y[i, j]:g} is "
+                            f"not 0 or 1; {_YES_NO_FIX.format(t=task.targets)}; {part.phrase}")
     return Dataset(part.x, part.y, name=path.stem, class_names=part.schema.class_names, path=str(path),
                    schema=part.schema, raw_train=part.raw, notes=(f"{path}: {part.phrase}",))
 
@@ -649,7 +656,34 @@ def _check_split(where: str, split: str, x: Any, y: Any, model: ir.Model,
     if len(x) == 0:
         raise DataError(f"{where}: the {split}data has no examples")
     x = _shape_inputs(where, split, x, model.input, schema)
-    return x, _check_labels(where, split, y, model.task)
+    y = _check_labels(where, split, y, model.task)
+    bad = _not_yes_no(y) if _multilabel(model) else None
+    if bad is not None:
+        i, j = bad
+        names = schema.label if schema is not None and len(schema.label) == y.shape[1] else ()
+        column = f" (column {names[j]})" if names else ""
+        raise DataError(f"{where}: {split}label {y[i, j]:g} at example {i}, output {j}{column} is not 0 or 1; "
+                        f"{_YES_NO_FIX.format(t=model.task.targets)}")
+    return x, y
+
+
+_YES_NO_FIX = ("a multi-label spec (targets {t} with binary_cross_entropy) takes 0 (no) or 1 (yes) per label: "
+               "write 0/1 labels, or use loss mse (with no sigmoid) for numeric targets")
+
+
+def _multilabel(model: Any) -> bool:
+    """``targets N`` with binary_cross_entropy: N yes/no labels per example."""
+    task, loss = getattr(model, "task", None), getattr(model, "loss", None)
+    return task is not None and task.kind == "regression" and getattr(loss, "kind", None) == "binary_cross_entropy"
+
+
+def _not_yes_no(y: np.ndarray) -> tuple[int, int] | None:
+    """(example, output) of the first value of ``y`` (N, T) that is neither 0 nor 1, or None."""
+    bad = (y != 0) & (y != 1)
+    if not bad.any():
+        return None
+    i, j = np.argwhere(bad)[0]
+    return int(i), int(j)
 
 
 def _shape_inputs(where: str, split: str, x: np.ndarray, inp: ir.Input, schema: DataSchema | None = None) -> np.ndarray:

@@ -30,6 +30,8 @@ from .schema import (
     AUGMENT,
     LOSS,
     MAX_WIDTH,
+    MIX_LOSSES,
+    MIX_OPS,
     OPTIMIZER,
     REQUIRED,
     SCHEDULE,
@@ -198,6 +200,8 @@ class _Builder:
         augment = self._augment(found.get("augment"), inp)
         layers = self._layers(found.get("layers"), inp)
         loss = self._loss(found.get("loss"), task)
+        if augment and loss is not None:
+            self._mix_fits(augment, loss)
         optimizer = self._kind_step(found.get("optimizer"), OPTIMIZER, "optimizer", "adam")
         schedule = self._kind_step(found.get("schedule"), SCHEDULE, "schedule", "constant")
         train = self._train(found.get("train"))
@@ -545,7 +549,9 @@ class _Builder:
         if s is None:
             return ()
         self._no_args(s, "'augment'")
-        if inp is not None and inp.kind != "image":
+        vector = inp is not None and inp.kind != "image"
+        per_image = vector and any(op.head in AUGMENT and op.head not in MIX_OPS for op in s.body or ())
+        if per_image:
             self.error("augment needs an image input, but the input is a vector "
                        f"{fmt_shape(inp.shape)}", s.head_span,
                        "remove the augment block, or declare input image[C, H, W]")
@@ -564,6 +570,11 @@ class _Builder:
             values, explicit, ok = self.bind(AUGMENT[op.head], op.head, op.positional, op.named, op.head_span)
             if ok and inp is not None and inp.kind == "image":
                 ok = self._augment_fits(op, values, inp)
+            elif ok and vector and not per_image and op.head == "cutmix":  # mixup mixes vectors too
+                self.error(f"cutmix needs an image input (it pastes a box of one image into another), but the "
+                           f"input is a vector {fmt_shape(inp.shape)}", op.head_span,
+                           "use mixup for vector inputs (mixup alpha=0.2), or declare input image[C, H, W]")
+                ok = False
             if ok:
                 steps.append(ir.Step(op.head, ir.FrozenDict(values), op.span, frozenset(explicit)))
         return tuple(steps)
@@ -586,6 +597,15 @@ class _Builder:
                    f"({inp.shape[1]}x{inp.shape[2]})", spans.get(opt, op.head_span),
                    f"use at most {side} pixels (a few pixels is usual: {AUGMENT[op.head].example})")
         return False
+
+    def _mix_fits(self, augment: tuple[ir.Step, ...], loss: ir.Step) -> None:
+        """mixup and cutmix mix the labels too (dnnspec.augment.Mixer): only losses whose targets mix."""
+        for step in augment:
+            if step.kind in MIX_OPS and loss.kind not in MIX_LOSSES:
+                self.error(f"{step.kind} mixes the labels of two examples, which needs a classification loss "
+                           f"({' or '.join(MIX_LOSSES)}); this spec trains with {loss.kind}", step.span,
+                           f"remove {step.kind}, or use it with 'classes N' and loss cross_entropy (or 'targets N' "
+                           f"with sigmoid and binary_cross_entropy for yes/no labels)")
 
     def _loss(self, s: Stmt | None, task: ir.Task | None) -> ir.Step | None:
         if s is None:

@@ -372,10 +372,26 @@ AUGMENT: dict[str, Schema] = {s.name: s for s in (
                      Opt("area", FloatRange(0.0, 1.0), (0.02, 0.25), "fraction of the image erased"),
                      Opt("value", Float(-1e6, 1e6), 0.0, "fill value (raw input units)")),
            doc="random erasing (cutout) of one rectangle", example="erase p=0.5 area=0.02..0.25"),
+    Schema("cutmix", (Opt("alpha", Float(0.0, 100.0, lo_open=True), 1.0,
+                          "lam ~ Beta(alpha, alpha); the box covers about 1 - lam of the image"),
+                      Opt("p", Float(0.0, 1.0), 0.5, "probability that a batch is cut-mixed")),
+           doc="paste a box of a shuffled copy of the batch into each image; the loss weights the two labels "
+               "by their areas (classification losses only; image input)",
+           example="cutmix alpha=1.0 p=0.5"),
+    Schema("mixup", (Opt("alpha", Float(0.0, 100.0, lo_open=True), 0.2, "lam ~ Beta(alpha, alpha)"),
+                     Opt("p", Float(0.0, 1.0), 1.0, "probability that a batch is mixed (when cutmix is not applied)")),
+           doc="x <- lam x + (1-lam) x[perm] with a shuffled copy of the batch; the loss mixes the labels alike "
+               "(classification losses only; vector or image input)",
+           example="mixup alpha=0.2 p=1.0"),
 )}
 
+# Ops that mix pairs of examples and so their labels too (dnnspec.augment.Mixer): they run on the whole
+# batch after the per-image ops, at most one of them per batch, and only with these losses.
+MIX_OPS = ("cutmix", "mixup")
+MIX_LOSSES = ("cross_entropy", "binary_cross_entropy")
+
 # Order in which ops run on a batch, whatever order the spec writes them in.
-AUGMENT_ORDER = ("crop", "flip", "translate", "rotate", "scale", "contrast", "brightness", "erase")
+AUGMENT_ORDER = ("crop", "flip", "translate", "rotate", "scale", "contrast", "brightness", "erase", *MIX_OPS)
 
 # --- top-level statements --------------------------------------------------------
 

@@ -231,7 +231,9 @@ def summary(model: ir.Model) -> str:
 
 def _recipe(model: ir.Model) -> list[str]:
     t, task = model.train, model.task
-    if task.kind == "regression":
+    if task.kind == "regression" and model.loss.kind == "binary_cross_entropy":  # targets N with sigmoid
+        what = f"multi-label classification, {task.targets} label{'s' * (task.targets != 1)} (a yes/no each)"
+    elif task.kind == "regression":
         what = f"regression, {task.targets} target(s)"
     else:
         names = f": {', '.join(task.class_names)}" if task.class_names else ""
@@ -244,7 +246,7 @@ def _recipe(model: ir.Model) -> list[str]:
         f"data:      {model.data or '(none; pass --data)'}",
         f"input:     {model.input.kind} {_shape(model.input.shape)} scale={model.input.scale:g} normalize={norm}",
         f"task:      {what}",
-        f"loss:      {model.loss.kind}",
+        f"loss:      {_step_line(model.loss, LOSS)}",
         f"optimizer: {_step_line(model.optimizer, OPTIMIZER)}",
         f"schedule:  {_step_line(model.schedule, SCHEDULE)}",
         f"train:     {_options(STATEMENTS['train'], t)}",

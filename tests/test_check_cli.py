@@ -73,3 +73,36 @@ def test_render_shows_no_init_option_that_does_nothing(capsys):
     out = capsys.readouterr().out
     assert "  dense 32 init=he_uniform fan=in bias=true name=dense1\n" in out
     assert "std=" not in out.split("layers {")[1].split("}")[0]
+
+
+MULTILABEL = """input [6]
+targets 4
+augment {
+  mixup alpha=0.2
+}
+layers {
+  dense 4
+  sigmoid
+}
+loss binary_cross_entropy
+"""
+
+
+def test_recipe_lines_show_the_loss_options_and_a_multilabel_task(capsys, tmp_path):
+    spec = tmp_path / "tags.dnn"
+    spec.write_text(MULTILABEL)
+    assert main(["check", str(spec)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "task:      multi-label classification, 4 labels (a yes/no each)" in lines
+    assert "loss:      binary_cross_entropy" in lines
+    assert "augment:   mixup alpha=0.2 p=1.0" in lines
+    spec.write_text(MULTILABEL.replace("targets 4", "classes 4").replace("sigmoid", "softmax")
+                    .replace("binary_cross_entropy", "cross_entropy label_smoothing=0.1"))
+    assert main(["check", str(spec)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "task:      classification, 4 classes" in lines
+    assert "loss:      cross_entropy label_smoothing=0.1" in lines
+    spec.write_text(MULTILABEL.replace("sigmoid\n", "").replace("binary_cross_entropy", "mse")
+                    .replace("augment {\n  mixup alpha=0.2\n}\n", ""))
+    assert main(["check", str(spec)]) == 0
+    assert "task:      regression, 4 target(s)" in capsys.readouterr().out.splitlines()

@@ -21,6 +21,11 @@ the logits by a constant per row, and softmax((v - c) / T) = softmax(v / T), so 
 targets are exactly the same; a probability that underflowed to 0 is taken as the smallest
 normal float32 (log = -87.3), below which it could not have been stored anyway.
 
+With mixup or cutmix (dnnspec.augment.Mixer) the trainer binds the batch's mix into the
+student's loss (``net.loss_fn``, ``mix=``) before the Distiller takes it as ``hard``: the
+teacher sees the mixed batch, the hard term uses the mixed labels, and the soft term the
+teacher's logits for the mixed inputs.
+
 Only the teacher path imports onnxruntime.
 """
 

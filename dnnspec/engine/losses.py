@@ -14,6 +14,14 @@ the mean loss with respect to the logits (already divided by the batch size). Pa
   L = mean [ max(z, 0) - z t + log(1 + e^-|z|) ]  (= -t log s - (1-t) log(1-s), s = sigmoid z),
   dz = (sigmoid(z) - t) / (N*T).
 * mean squared error over every element: L = mean (o - t)^2, do = 2 (o - t) / (N * K).
+
+Mixed labels (mixup, cutmix: ``mix=(perm, lam)``, see :class:`dnnspec.augment.Mix`): example
+n was made of lam parts example n and 1 - lam parts example perm[n], and so is its target.
+Cross-entropy takes the soft target t_n = lam onehot(y_n) + (1 - lam) onehot(y_perm[n]),
+then label smoothing on top, q = (1-e) t + e/K: L = mean_n [ logsumexp(z_n) - sum_k q_nk z_nk ]
+(= lam CE(y) + (1 - lam) CE(y[perm]) when e = 0), dz = (softmax(z) - q) / N. Binary
+cross-entropy takes t <- lam t + (1 - lam) t[perm] in its formula above. lam = 1 gives the
+unmixed loss and gradient, bit for bit.
 """
 
 from __future__ import annotations
@@ -34,16 +42,21 @@ def _out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
-                          grad: bool = True, label_smoothing: float = 0.0) -> tuple[float, np.ndarray | None]:
+                          grad: bool = True, label_smoothing: float = 0.0,
+                          mix: tuple[np.ndarray, float] | None = None) -> tuple[float, np.ndarray | None]:
     """logits (N, K) float, y (N,) class indices -> (mean loss, dlogits (N, K)).
 
     ``label_smoothing`` e: targets (1-e) onehot + e/K (e = 0: the plain loss, the same bits).
+    ``mix`` (perm (N,), lam): the soft target lam onehot(y) + (1-lam) onehot(y[perm]) (module doc).
     """
     n, k = logits.shape
     rows = np.arange(n)
     y = np.asarray(y).astype(np.intp, copy=False)
     z = np.subtract(logits, logits.max(axis=1, keepdims=True), out=_out(out, logits))
-    picked = z[rows, y].astype(np.float64)
+    picked = z[rows, y].astype(np.float64)  # sum_k t_k z_k
+    if mix is not None:
+        lam, y2 = float(mix[1]), y[np.asarray(mix[0])]
+        picked = lam * picked + (1.0 - lam) * z[rows, y2].astype(np.float64)
     e = float(label_smoothing)
     if e:  # sum_k q_k z_k on the shifted logits (the shift cancels: sum_k q_k = 1)
         picked = (1.0 - e) * picked + (e / k) * z.sum(axis=1, dtype=np.float64)
@@ -55,18 +68,27 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | N
     z /= total
     if e:
         z -= z.dtype.type(e / k)
+    if mix is None:
         z[rows, y] -= z.dtype.type(1.0 - e)
-    else:
-        z[rows, y] -= 1
+    else:  # two passes, one label per row each: where y[perm] = y both weights count
+        z[rows, y] -= z.dtype.type((1.0 - e) * lam)
+        z[rows, y2] -= z.dtype.type((1.0 - e) * (1.0 - lam))
     z *= z.dtype.type(1.0 / n)
     return loss, z
 
 
 def binary_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
-                         grad: bool = True) -> tuple[float, np.ndarray | None]:
-    """logits (N, 1) or (N,), y (N,) 0/1; or logits and y (N, T) -> (mean loss over all values, dlogits)."""
+                         grad: bool = True, mix: tuple[np.ndarray, float] | None = None
+                         ) -> tuple[float, np.ndarray | None]:
+    """logits (N, 1) or (N,), y (N,) 0/1; or logits and y (N, T) -> (mean loss over all values, dlogits).
+
+    ``mix`` (perm (N,), lam): targets lam t + (1-lam) t[perm] (module doc).
+    """
     n = logits.size  # N, or N*T for multi-label: the loss is the mean over every value
     t = np.asarray(y).reshape(logits.shape).astype(logits.dtype, copy=False)
+    if mix is not None:
+        perm, lam = mix
+        t = t * t.dtype.type(lam) + t[np.asarray(perm)] * t.dtype.type(1.0 - lam)
     z64 = logits.astype(np.float64)
     loss = float(np.mean(np.maximum(z64, 0) - z64 * t + np.log1p(np.exp(-np.abs(z64)))))
     if not grad:

@@ -10,8 +10,11 @@ a fresh generator of that seed. Same spec, data and seed: bit-identical weights.
 Per epoch: the training rows are visited in a new random order in batches of ``batch``
 (the last one may be smaller); each batch is gathered by index into a preallocated buffer
 (the data set is never copied), handed to the net in its raw dtype (the net casts it to
-float32), augmented first when the spec has ``augment`` steps and images; with ``teacher=``
-the loss is the distillation loss on that very batch (dnnspec.engine.distill). The learning
+float32), augmented first when the spec has ``augment`` steps and images, then mixed when it
+has mixup or cutmix (dnnspec.augment.Mixer: the loss then mixes the labels alike, ``mix=`` of
+dnnspec.engine.losses, and the running accuracy counts the label with the larger weight);
+with ``teacher=`` the loss is the distillation loss on that very batch (dnnspec.engine.distill),
+whose hard term is the mixed loss when the batch was mixed. The learning
 rate follows the schedule at the fractional epoch ``e + i/steps``. Training loss and
 accuracy are running means over the epoch's batches (training mode); validation loss and
 accuracy are measured after the epoch in evaluation mode.
@@ -49,6 +52,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -101,7 +105,8 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
     ``checkpoint_every=`` via ``overrides``) and the optimizer's ``lr``. ``augment``: None
-    follows the spec, False turns it off, or pass a callable ``aug(batch, rng)``.
+    follows the spec, False turns it off (mixup and cutmix too), or pass a callable ``aug(batch, rng)``
+    (it replaces the per-image ops; mixup and cutmix still follow the spec).
     ``progress``: "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines", or
     False/None/"none" for silence; written to ``out`` (default stdout). ``on_epoch(epoch,
     row)`` is called after each epoch's row is recorded (raising stops training). ``tracker``
@@ -131,7 +136,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     if ckpt is None and net.model.normalize.mode == "auto":
         net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
     loop = _Loop(net, x, y, train_idx, val, cfg, lr, _augmenter(net, x, augment), run,
-                 make_progress(progress, out), on_epoch, tracker, distiller)
+                 make_progress(progress, out), on_epoch, tracker, distiller, _mixer(net, augment))
     if ckpt is not None:
         loop.restore(ckpt)
     else:
@@ -207,7 +212,25 @@ def _augmenter(net: Any, x: np.ndarray, augment: Any):
         return None
     from ..augment import Augmenter
 
-    return Augmenter.from_model(model, x)
+    aug = Augmenter.from_model(model, x)
+    return aug if aug else None  # a block of mixup/cutmix only: no per-image ops
+
+
+def _mixer(net: Any, augment: Any):
+    """The spec's mixup/cutmix (dnnspec.augment.Mixer), or None; UsageError for a loss that cannot mix labels."""
+    model = net.model
+    if augment is False or not model.augment:
+        return None
+    from ..augment import Mixer
+    from ..schema import MIX_LOSSES
+
+    mixer = Mixer.from_model(model)
+    if mixer is not None and model.loss.kind not in MIX_LOSSES:  # the front end refuses this; a hand-made IR
+        kinds = " and ".join(k for k, v in (("cutmix", mixer.cutmix), ("mixup", mixer.mixup)) if v is not None)
+        verb = "mix" if " and " in kinds else "mixes"
+        raise UsageError(f"{model.path}: {kinds} {verb} the labels, which needs loss {' or '.join(MIX_LOSSES)}; "
+                         f"this model trains with {model.loss.kind}: remove {kinds} from its augment block")
+    return mixer
 
 
 def _distiller(net: Any, teacher: Any):
@@ -325,10 +348,10 @@ class _Loop:
     """One training run's state: optimizer, schedule, buffers, history; ``run()`` does the epochs."""
 
     def __init__(self, net, x, y, train_idx, val, cfg, lr, augment, run, progress, on_epoch, tracker=None,
-                 distiller=None):
+                 distiller=None, mixer=None):
         self.net, self.x, self.y, self.idx, self.val = net, x, y, train_idx, val
         self.cfg, self.augment, self.run_dir, self.progress, self.on_epoch = cfg, augment, run, progress, on_epoch
-        self.tracker, self.distiller = tracker, distiller
+        self.tracker, self.distiller, self.mixer = tracker, distiller, mixer
         self.epochs = int(cfg["epochs"])
         self.batch = min(int(cfg["batch"]), len(train_idx))
         self.steps = math.ceil(len(train_idx) / self.batch)
@@ -439,10 +462,10 @@ class _Loop:
                 xb, yb = self._gather(rows)
                 if self.augment is not None:
                     xb = self.augment(xb, rng)
-                if self.distiller is not None:  # the teacher sees the very batch the student trains on
-                    loss, grads = self.distiller.loss_and_grads(net, xb, yb, rng)
-                else:
-                    loss, grads = net.loss_and_grads(xb, yb, rng)
+                mix = None
+                if self.mixer is not None:
+                    xb, mix = self.mixer(xb, rng)
+                loss, grads = self._loss_and_grads(xb, yb, mix)
                 norm = global_norm(grads, net.trainable)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(e, i, loss, grads)
@@ -454,7 +477,8 @@ class _Loop:
                 loss_sum += loss * k
                 seen += k
                 if self.classify:  # running accuracy from this batch's logits: no second forward
-                    correct += int(np.count_nonzero(net.classify(net.last_logits) == yb.reshape(k)))
+                    yk = yb if mix is None else mix.dominant(yb)  # a mixed batch: its larger-weight label
+                    correct += int(np.count_nonzero(net.classify(net.last_logits) == yk.reshape(k)))
                 self.progress.step(e, i + 1, loss_sum / seen, correct / seen if self.classify else None)
         finally:
             errstate.__exit__(None, None, None)
@@ -467,6 +491,19 @@ class _Loop:
             row["val_loss"], row["val_accuracy"] = r["loss"], r.get("accuracy")
         row["seconds"] = time.perf_counter() - t0
         return row
+
+    def _loss_and_grads(self, xb: np.ndarray, yb: np.ndarray, mix: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """One step's loss and gradients: distilled or not, with the labels mixed as ``mix`` says (or not)."""
+        net, rng = self.net, self.net.rng
+        plain = net.loss_fn
+        if mix is not None:  # Net fuses its head with net.loss_fn: this step's loss mixes the labels
+            net.loss_fn = partial(plain, mix=mix)
+        try:
+            if self.distiller is not None:  # the teacher sees the very batch the student trains on
+                return self.distiller.loss_and_grads(net, xb, yb, rng)
+            return net.loss_and_grads(xb, yb, rng)
+        finally:
+            net.loss_fn = plain  # validation and evaluation never mix
 
     def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x[rows], y[rows] into the preallocated batch buffers (views of them for a short batch)."""
