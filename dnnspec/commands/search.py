@@ -4,7 +4,8 @@ A thin skin over dnnspec.search: ``space.read`` -> ``runner.pick`` -> ``runner.c
 (every candidate through the normal front end and the budget, before any training) ->
 ``runner.run_search`` (trials in worker processes) -> leaderboard.csv / .md, curves.png,
 best.dnn in ``--out`` (default runs/search_<spec name>). ``--resume`` continues a search
-in that folder: trials whose result is recorded are not run again. See docs/search.md.
+in that folder: trials whose result is recorded are not run again. ``--backend ray`` runs the
+trials as Ray tasks (a local Ray instance, or the cluster at ``--address``). See docs/search.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 STRATEGIES = ("grid", "random", "halving")
+BACKENDS = ("local", "ray")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="candidates drawn by random and halving search (default 10)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="random",
                         help="grid: every candidate; random: N draws; halving: successive halving (default random)")
-    parser.add_argument("--workers", type=int, default=1, metavar="K", help="trials trained at once (default 1)")
+    parser.add_argument("--workers", type=int, metavar="K",
+                        help="trials trained at once (default 1; on a Ray cluster: as many as it has CPUs)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: worker processes here; ray: Ray tasks (pip install 'dnnspec[ray]')")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="ray: the cluster's HOST:PORT (default: a local Ray instance, stopped at the end)")
     parser.add_argument("--out", metavar="DIR", help="search folder (default runs/search_<spec name>)")
     parser.add_argument("--resume", action="store_true", help="continue the search in DIR")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="search seed: draws and trial seeds")
@@ -50,6 +57,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--eta must be at least 2, found {args.eta}")
     if not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2^32), found {args.seed}")
+    if args.address is not None and args.backend != "ray":
+        raise UsageError("--address is the Ray cluster's address: add --backend ray")
 
 
 def _settings_file(out: Path, args: argparse.Namespace, text: str) -> None:
@@ -80,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from ..search import runner, space
 
     _check_args(args)
+    if args.backend == "ray":  # before any work: Ray installed, the address well-formed
+        from ..search import ray_backend
+
+        ray_backend.require(args.address)
     text = read_spec(args.spec)
     sp = space.read(text, args.spec)
     picked = runner.pick(sp, args.strategy, args.trials, args.seed)
@@ -98,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     max_epochs = args.epochs or max(int(_epochs(c)) for c in valid)
     s = runner.Settings(out=dest, strategy=args.strategy, seed=args.seed, workers=args.workers, epochs=max_epochs,
                         min_epochs=args.min_epochs, eta=args.eta, data=args.data, data_dir=args.data_dir,
-                        limit=args.limit, resume=args.resume, log=out)
+                        limit=args.limit, resume=args.resume, log=out, backend=args.backend,
+                        address=args.address)
     rows = runner.run_search(cands, s, max_epochs)
     header, table = runner.leaderboard(rows, cands, sp)
     ok = [r for r in rows if "error" not in r]

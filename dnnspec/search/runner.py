@@ -12,6 +12,8 @@ Successive halving (synchronous ASHA): all trials run ``min_epochs``; the best
 ``ceil(n / eta)`` continue (their run folder is resumed) with twice the epochs, until one
 is left or ``epochs`` is reached. A trial's result is written to ``DIR/trials/NNN.json``
 once its run ends, so ``--resume`` skips it (or resumes its run for a later rung).
+``Settings.backend == "ray"`` runs the same ``_trial`` as Ray tasks instead (ray_backend.py,
+the only module that imports Ray).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,7 @@ class Settings:
     out: Path
     strategy: str = "random"
     seed: int = 0
-    workers: int = 1
+    workers: int | None = None  # None: 1 here; on a Ray cluster, as many as it has CPUs
     epochs: int | None = None  # None: the spec's train epochs
     min_epochs: int = 1
     eta: int = 2
@@ -69,6 +72,8 @@ class Settings:
     limit: int | None = None
     resume: bool = False
     log: Any = field(default=None, repr=False)
+    backend: str = "local"  # or "ray"
+    address: str | None = None  # the Ray cluster; None: a local Ray instance
 
 
 def trial_seed(seed: int, index: int) -> int:
@@ -179,11 +184,16 @@ def _score_key(row: dict) -> tuple:
     return (-row["epochs"], -acc, loss, row["index"])
 
 
+def trial_env() -> dict[str, str]:
+    """The variables a trial's process starts with, before it imports NumPy: one BLAS and one engine thread."""
+    return {k: "1" for k in THREAD_VARS}
+
+
 @contextlib.contextmanager
 def _single_threaded():
     """Workers inherit one thread each (set before they import NumPy); the caller's env is restored."""
     old = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: "1" for k in THREAD_VARS})
+    os.environ.update(trial_env())
     try:
         yield
     finally:
@@ -194,11 +204,32 @@ def _single_threaded():
                 os.environ[k] = v
 
 
-class Runner:
-    """Runs rungs of trials in a spawn process pool, skipping those already done (``--resume``)."""
+class LocalPool:
+    """The local backend: each rung's trials in a fresh ``spawn`` process pool of ``workers`` processes."""
 
-    def __init__(self, cands: list[Candidate], s: Settings):
+    def __init__(self, workers: int | None):
+        self.workers = workers or 1
+
+    def where(self) -> str:
+        return f"{self.workers} workers"
+
+    def map(self, jobs: list[dict]) -> Iterator[dict]:
+        """``_trial`` of each job; rows in job order, each as soon as it and those before it are done."""
+        with _single_threaded():  # map submits every job now, which starts the workers: with this env
+            pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            rows = pool.map(_trial, jobs)
+        try:
+            yield from rows
+        finally:  # on Ctrl-C or an error: queued trials never start (--resume runs them later)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Runner:
+    """Runs rungs of trials on a backend (LocalPool, ray_backend.RayTasks), skipping those already done."""
+
+    def __init__(self, cands: list[Candidate], s: Settings, backend: Any):
         self.s = s
+        self.backend = backend
         self.cands = {c.index: c for c in cands}
         self.trials = s.out / "trials"
         self.trials.mkdir(parents=True, exist_ok=True)
@@ -227,16 +258,10 @@ class Runner:
         """Train ``indices`` to ``epochs`` epochs (in parallel); their result rows, in index order."""
         jobs = [j for j in (self._job(i, epochs) for i in indices) if j is not None]
         if jobs:
-            self._say(f"training {len(jobs)} trials for {epochs} epochs on {self.s.workers} workers")
-            with _single_threaded():  # map submits every job now, which starts the workers: with this env
-                pool = cf.ProcessPoolExecutor(max_workers=self.s.workers,
-                                              mp_context=multiprocessing.get_context("spawn"))
-                rows = pool.map(_trial, jobs)
-            try:
+            self._say(f"training {len(jobs)} trials for {epochs} epochs on {self.backend.where()}")
+            with contextlib.closing(self.backend.map(jobs)) as rows:
                 for row in rows:
-                    self._record(row)  # in index order; each as soon as it and those before it are done
-            finally:  # on Ctrl-C or an error: queued trials never start (--resume runs them later)
-                pool.shutdown(wait=True, cancel_futures=True)
+                    self._record(row)  # each as soon as it is done: --resume keeps it
         return [self.results[i] for i in indices]
 
     def _record(self, row: dict) -> None:
@@ -251,10 +276,24 @@ class Runner:
             self.s.log.write(line + "\n")
 
 
+def backend(s: Settings) -> contextlib.AbstractContextManager:
+    """The backend trials run on, as a context: a LocalPool, or a connection to Ray (imported only then)."""
+    if s.backend == "ray":
+        from . import ray_backend
+
+        return ray_backend.connect(s.address, s.workers, s.out, trial=_trial, env=trial_env())
+    return contextlib.nullcontext(LocalPool(s.workers))
+
+
 def run_search(cands: list[Candidate], s: Settings, max_epochs: int) -> list[dict]:
     """Train the valid candidates (all at ``max_epochs``, or by successive halving); leaderboard rows, best first."""
-    valid = [c.index for c in cands if c.problem is None]
-    runner = Runner([c for c in cands if c.problem is None], s)
+    with backend(s) as where:
+        return _run(Runner([c for c in cands if c.problem is None], s, where), s, max_epochs)
+
+
+def _run(runner: Runner, s: Settings, max_epochs: int) -> list[dict]:
+    """All at ``max_epochs``, or rungs of successive halving; the rows, best first."""
+    valid = list(runner.cands)
     if s.strategy != "halving":
         return sorted(runner.rung(valid, max_epochs), key=_score_key)
     alive, epochs = valid, min(s.min_epochs, max_epochs)
