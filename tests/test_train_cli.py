@@ -206,3 +206,32 @@ def test_sigkill_inside_the_checkpoint_write_leaves_no_temporary_after_resume(sp
     text = capsys.readouterr().out
     assert f"resuming at epoch 2 of 3: {out / 'checkpoint.npz'} holds 1 epoch\n" in text
     assert history_epochs(out) == ["1", "2", "3"] and meta(out / "checkpoint.npz")["epoch"] == 3
+
+
+def test_init_starts_from_another_runs_weights(spec, tmp_path, capsys):
+    """--init copies every array of a run (here: before a step with a negligible learning rate)."""
+    data = ["--data", str(tmp_path / "blobs.npz"), "--progress", "none"]
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"),
+                 "--epochs", "1", "--lr", "1e-12"]) == 0
+    assert "starting from the weights of" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "a" / "best.npz"), np.load(tmp_path / "b" / "best.npz")
+    for k in ("param/dense1.kernel", "param/dense2.bias"):
+        np.testing.assert_allclose(b[k], a[k], atol=1e-8)
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "c"), "--epochs", "1", "--lr", "1e-12"]) == 0
+    assert not np.allclose(np.load(tmp_path / "c" / "best.npz")["param/dense1.kernel"], a["param/dense1.kernel"])
+
+
+def test_init_from_another_network_or_with_resume_is_one_line(spec, tmp_path, capsys):
+    data = ["--data", str(tmp_path / "blobs.npz"), "--progress", "none"]
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "a")]) == 0
+    wide = tmp_path / "wide.dnn"
+    wide.write_text(SPEC.replace("dense 16", "dense 8"))
+    capsys.readouterr()
+    assert main(["train", str(wide), *data, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--init" in err and "dense1.kernel" in err and "(2, 8)" in err, err
+    assert not (tmp_path / "b").exists()  # refused before any training
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "a"), "--init", str(tmp_path / "a"),
+                 "--resume"]) != 0
+    assert "--init starts a new run" in capsys.readouterr().err

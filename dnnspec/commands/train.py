@@ -6,7 +6,8 @@ receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png, and wit
 split metrics.json and confusion.png. A folder that already holds a run is refused (before
 the data is loaded) unless ``--resume`` continues it or ``--overwrite`` replaces it.
 ``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking). ``--teacher
-TEACHER.onnx`` distils a teacher into the spec (dnnspec.engine.distill; docs/training.md).
+TEACHER.onnx`` distils a teacher into the spec (dnnspec.engine.distill; docs/training.md);
+``--init RUN`` starts from another run's weights (a pruned run, for a distilled fine-tune).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, metavar="X", help="override the optimizer's learning rate")
     parser.add_argument("--seed", type=int, metavar="N", help="override train seed (init, shuffling, dropout)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.npz")
+    parser.add_argument("--init", metavar="RUN",
+                        help="start from the weights of RUN (a run folder or model file of a network with the "
+                             "same layers and shapes, e.g. a pruned run) instead of the spec's initialisation")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in RUN_DIR (its files are deleted first)")
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N training examples (quick runs)")
@@ -59,6 +63,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--lr must be positive, found {args.lr}")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2^32), found {args.seed}")
+    if args.init is not None and args.resume:
+        raise UsageError("--init starts a new run from another run's weights and --resume continues this one: "
+                         "give one of them")
     if args.teacher is None and (args.temperature is not None or args.distill_weight is not None):
         flag = "--temperature" if args.temperature is not None else "--distill-weight"
         raise UsageError(f"{flag} is a distillation option: give the teacher with --teacher TEACHER.onnx")
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else Path("runs") / model.name
     check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)  # before the data: fail fast
     teacher = _distiller(args, model)
+    init = _read_init(args.init, model)  # before the data too
     if args.batch:
         memory.check_batch(model, args.batch)
     batch = args.batch or int(model.train["batch"])
@@ -100,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         x, y = x[:args.limit], y[:args.limit]
     seed = args.seed if args.seed is not None else int(model.train["seed"])
     net = attach(Net(model, seed=seed), data.schema)  # the data's class names, a table's columns (dataschema)
+    if init is not None:
+        for k, v in init.items():
+            net.params[k][...] = v
     out = sys.stdout
     for note in data.notes:
         out.write(note + "\n")
@@ -107,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     tracker = _trackers(args, net, run_dir, source)
     taught = "" if teacher is None else (f", distilling {teacher.name} (temperature {teacher.temperature:g}, "
                                         f"weight {teacher.weight:g})")
-    out.write(f"training {model.name} on {source}: {len(x)} examples{taught}, run folder {run_dir}\n")
+    started = "" if init is None else f", starting from the weights of {args.init}"
+    out.write(f"training {model.name} on {source}: {len(x)} examples{taught}{started}, run folder {run_dir}\n")
     with tracker if tracker is not None else _nothing():
         history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
                       resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
@@ -116,6 +128,20 @@ def run(args: argparse.Namespace) -> int:
     if args.progress == "none":  # the progress output ends with this line otherwise
         out.write(final_line(history) + "\n")
     return 0
+
+
+def _read_init(path: str | None, model) -> dict | None:
+    """The arrays of run or model file ``path`` for ``--init``, checked against the spec's names and shapes.
+
+    Every array is taken, batch-norm running statistics included; the optimizer starts
+    afresh, and input statistics (normalize auto) are measured on this run's data as usual.
+    """
+    if path is None:
+        return None
+    from ..checkpoint import check_arrays, load_model
+
+    saved = load_model(path, what="--init run")
+    return check_arrays(model.arrays, {f"param/{k}": v for k, v in saved.params.items()}, f"--init {saved.path}")
 
 
 def _trackers(args: argparse.Namespace, net, run_dir, source):
