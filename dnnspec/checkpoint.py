@@ -37,6 +37,7 @@ import numpy as np
 
 from . import dataschema, fileio, ir
 from .errors import CheckpointError
+from .history import CHECKPOINT as CHECKPOINT_FILE
 
 FORMAT_VERSION = 2
 # Files of chains keep format 1, which every dnnspec reads; a graph (layers that name their inputs)
@@ -332,12 +333,26 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(meta, group("param/"), group("best/"), group("opt/"), str(path))
 
 
+def split_state(run: str | os.PathLike) -> dict[str, Any] | None:
+    """The generator state run folder ``run`` drew its validation split from, or None (no checkpoint there).
+
+    A run that continues another's weights (``prune --finetune``, ``train --init``) draws its split
+    from this state, so that on the same data it validates on the same held-out examples rather
+    than on examples the weights were trained on.
+    """
+    path = Path(run) / CHECKPOINT_FILE if Path(run).is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    state = read_meta(path).get("rng_split")
+    return state if isinstance(state, dict) else None
+
+
 def check_same_spec(ckpt: Checkpoint, net: Any) -> None:
     """CheckpointError when the checkpoint's parameters do not fit ``net`` (name and shapes)."""
     restore_params(net.params, _prefixed("param/", ckpt.params), ckpt.path, check_only=True)
 
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "atomic_write_text",
+__all__ = ["FORMAT_VERSION", "Checkpoint", "split_state", "atomic_write", "atomic_write_text",
            "Saved", "check_arrays", "check_same_spec", "find_file", "load_checkpoint", "load_model", "model_from_dict",
            "model_from_meta", "read_meta", "read_npz", "restore_params", "save_checkpoint", "save_model", "save_net",
            "write_npz"]

@@ -235,3 +235,33 @@ def test_init_from_another_network_or_with_resume_is_one_line(spec, tmp_path, ca
     assert main(["train", str(spec), *data, "--out", str(tmp_path / "a"), "--init", str(tmp_path / "a"),
                  "--resume"]) != 0
     assert "--init starts a new run" in capsys.readouterr().err
+
+
+def test_init_keeps_the_input_statistics_the_weights_were_learned_with(spec, tmp_path):
+    normed = tmp_path / "normed.dnn"
+    normed.write_text(SPEC.replace("input [2]\n", "input [2]\nnormalize auto\n"))
+    data = ["--data", str(tmp_path / "blobs.npz"), "--progress", "none"]
+    assert main(["train", str(normed), *data, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", str(normed), *data, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"),
+                 "--limit", "60", "--epochs", "1"]) == 0
+    assert main(["train", str(normed), *data, "--out", str(tmp_path / "c"), "--limit", "60", "--epochs", "1"]) == 0
+    a, b, c = (np.load(tmp_path / r / "best.npz")["param/input.mean"] for r in "abc")
+    np.testing.assert_array_equal(b, a)
+    assert not np.array_equal(c, a)  # measured on the 60 examples: the statistics --init keeps differ
+
+
+def test_runs_that_continue_a_runs_weights_validate_on_its_held_out_examples(spec, tmp_path):
+    """prune --finetune and train --init draw the validation split from the source run's state, not from
+    a generator that initialising the (smaller) network has moved on: the same held-out examples."""
+    from dnnspec.checkpoint import split_state
+
+    data = ["--data", str(tmp_path / "blobs.npz"), "--progress", "none"]
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "a")]) == 0
+    assert main(["prune", str(tmp_path / "a"), "--keep", "0.5", "-o", str(tmp_path / "p"), "--finetune", "1",
+                 *data]) == 0
+    assert main(["train", str(tmp_path / "p" / "spec.dnn"), *data, "--out", str(tmp_path / "d"), "--init",
+                 str(tmp_path / "p"), "--epochs", "1"]) == 0
+    assert main(["train", str(tmp_path / "p" / "spec.dnn"), *data, "--out", str(tmp_path / "s"), "--epochs", "1"]) == 0
+    source = split_state(tmp_path / "a")
+    assert source is not None and split_state(tmp_path / "p") == source == split_state(tmp_path / "d")
+    assert split_state(tmp_path / "s") != source  # a fresh start: its own generator, after its own init

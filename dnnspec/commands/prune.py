@@ -132,13 +132,17 @@ def run(args: argparse.Namespace) -> int:
 def _finetune(net, args: argparse.Namespace, out: Path) -> float | None:
     """Train ``net`` (the pruned weights) for --finetune epochs into ``out``, with the trainer of 'dnnspec train';
     the test accuracy of the result (also in ``out/metrics.json``), None without a test split."""
+    from .. import checkpoint
     from ..data import load_data
     from ..engine.trainer import fit
 
     data = load_data(args.data, net.model, data_dir=args.data_dir)
+    state = checkpoint.split_state(args.run)  # validate on the original run's held-out examples
+    if state is not None:
+        net.rng.bit_generator.state = state
     # the pruned weights were learned on the original input statistics: keep them rather than re-measure
-    net.set_input_stats = lambda x: None
     history = fit(net, data.x_train, data.y_train, epochs=args.finetune, run_dir=out, overwrite=True,
+                  measure_input=False,
                   progress=args.progress, x_val=data.x_val, y_val=data.y_val, x_test=data.x_test, y_test=data.y_test,
                   out=sys.stdout)
     return (history.test or {}).get("accuracy")

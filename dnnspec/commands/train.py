@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .. import frontend, memory
+    from ..checkpoint import split_state
     from ..data import load_data
     from ..dataschema import attach
     from ..engine.net import Net
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if init is not None:
         for k, v in init.items():
             net.params[k][...] = v
+        state = split_state(args.init)  # on the same data: the held-out examples of the run the weights come from
+        if state is not None:
+            net.rng.bit_generator.state = state
     out = sys.stdout
     for note in data.notes:
         out.write(note + "\n")
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
                       resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
                       y_test=data.y_test, out=out, tracker=tracker, teacher=teacher, x_val=data.x_val,
-                      y_val=data.y_val)
+                      y_val=data.y_val, measure_input=init is None)
     if args.progress == "none":  # the progress output ends with this line otherwise
         out.write(final_line(history) + "\n")
     return 0
@@ -133,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
 def _read_init(path: str | None, model) -> dict | None:
     """The arrays of run or model file ``path`` for ``--init``, checked against the spec's names and shapes.
 
-    Every array is taken, batch-norm running statistics included; the optimizer starts
-    afresh, and input statistics (normalize auto) are measured on this run's data as usual.
+    Every array is taken, batch-norm running statistics and input statistics included (the
+    weights were learned with them, so they are not re-measured); the optimizer starts afresh.
     """
     if path is None:
         return None

@@ -100,7 +100,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
         out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, teacher: Any = None,
-        **overrides: Any) -> History:
+        measure_input: bool = True, **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -117,6 +117,8 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     A ``run_dir`` that holds a run needs ``resume=True`` or ``overwrite=True`` (:func:`check_run_dir`).
     ``teacher``: knowledge distillation (:mod:`dnnspec.engine.distill`): a Distiller, or an ONNX
     path or callable raw batch -> logits (N, K) with the default temperature and weight.
+    ``measure_input=False`` keeps the net's ``input.mean``/``input.std`` (normalize auto) instead of
+    measuring them on the training split: for weights learned with them (fine-tuning a pruned run).
     """
     t0 = time.perf_counter()
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
@@ -133,7 +135,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         rng.bit_generator.state = ckpt.meta["rng_split"]
     split_state = rng.bit_generator.state
     train_idx, val = _split(x, y, x_val, y_val, cfg["validation"], rng)
-    if ckpt is None and net.model.normalize.mode == "auto":
+    if ckpt is None and measure_input and net.model.normalize.mode == "auto":
         net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
     loop = _Loop(net, x, y, train_idx, val, cfg, lr, _augmenter(net, x, augment), run,
                  make_progress(progress, out), on_epoch, tracker, distiller, _mixer(net, augment))
