@@ -150,11 +150,12 @@ def _trial(job: dict) -> dict:
     from ..commands import train
 
     run = Path(job["run"])
-    args = argparse.Namespace(
-        spec=job["spec"], data=job["data"], label=None, data_dir=job["data_dir"], out=str(run),
-        epochs=job["epochs"], batch=None, lr=None, seed=job["seed"], resume=job["resume"],
-        overwrite=not job["resume"] and run.exists(), limit=job["limit"], progress="none",
-        tensorboard=None, mlflow=None, teacher=None, temperature=None, distill_weight=None)
+    parser = argparse.ArgumentParser()  # train's own flags and defaults: a flag added there is never missing here
+    train.add_arguments(parser)
+    args = parser.parse_args(["--", job["spec"]])
+    args.__dict__.update(data=job["data"], data_dir=job["data_dir"], out=str(run), epochs=job["epochs"],
+                         seed=job["seed"], resume=job["resume"], overwrite=not job["resume"] and run.exists(),
+                         limit=job["limit"], progress="none")
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
