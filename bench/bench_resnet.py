@@ -155,13 +155,21 @@ def torch_input(torch, net: Net):
 
 
 def torch_optimizer(torch, tmodel, step: ir.Step):
-    """AdamW with the spec's lr, betas and decay, the decay on conv/dense weights only (dnnspec: kernels only)."""
+    """The spec's optimizer in PyTorch, the decay on conv/dense weights only (dnnspec: kernels only).
+
+    ``sgd`` (momentum, Nesterov, L2 decay added to the gradient: torch.optim.SGD's weight_decay) or
+    ``adam`` with ``decay_mode=decoupled`` (torch.optim.AdamW).
+    """
     opts = step.options
     decayed = [m.weight for m in tmodel.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     ids = {id(p) for p in decayed}
     rest = [p for p in tmodel.parameters() if id(p) not in ids]
     groups = [{"params": decayed, "weight_decay": opts["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opts["lr"], betas=(opts["beta1"], opts["beta2"]), eps=opts["eps"])
+    if step.kind == "sgd" and opts.get("decay_mode", "l2") == "l2":
+        return torch.optim.SGD(groups, lr=opts["lr"], momentum=opts["momentum"], nesterov=bool(opts["nesterov"]))
+    if step.kind == "adam" and opts.get("decay_mode") == "decoupled":
+        return torch.optim.AdamW(groups, lr=opts["lr"], betas=(opts["beta1"], opts["beta2"]), eps=opts["eps"])
+    sys.exit(f"bench_resnet: no PyTorch twin for the spec's optimizer {step.kind} {dict(opts)}")
 
 
 def torch_stepper(model: ir.Model, net: Net, x: np.ndarray, y: np.ndarray):
@@ -174,7 +182,7 @@ def torch_stepper(model: ir.Model, net: Net, x: np.ndarray, y: np.ndarray):
     torch.manual_seed(0)
     tmodel = torch_resnet(torch, *bn_settings(model)).train()
     opt = torch_optimizer(torch, tmodel, model.optimizer)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=model.loss.options.get("label_smoothing", 0.0))
     prep = torch_input(torch, net)
     xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
@@ -247,7 +255,8 @@ def cross_check(model: ir.Model, x: np.ndarray, y: np.ndarray) -> bool:
     with torch.no_grad():
         e_logits = rel_err(net.logits(x), tmodel.eval()(xt).numpy())
     loss, grads = net.loss_and_grads(x, y)  # training mode: batch statistics in every batch norm
-    t_loss = torch.nn.functional.cross_entropy(tmodel.train()(xt), yt)
+    t_loss = torch.nn.functional.cross_entropy(tmodel.train()(xt), yt,
+                                               label_smoothing=model.loss.options.get("label_smoothing", 0.0))
     t_loss.backward()
     t_grads = torch_grads(torch, model, tmodel)
     if set(t_grads) != set(net.trainable):
