@@ -11,16 +11,17 @@ less the spec's validation=0.1, so 422 batches an epoch)::
 
 One timed step, as in bench/bench_cnn.py: the dnnspec side is ``net.loss_and_grads`` (input
 cast, scaling and normalisation, forward and backward of the graph) plus the spec's optimizer
-step (AdamW: Adam with decoupled weight decay 1e-4 on kernels, lr 2e-3) on a fixed batch of
-uint8 images; the PyTorch side does the same work in float32 on the CPU: uint8 -> float,
-``x * scale/std - mean/std`` with the net's own statistics, forward, cross-entropy,
-backward and ``torch.optim.AdamW`` (decay on conv and dense weights only, as dnnspec
-decays kernels only). Neither side augments (bench_cnn does not either): the spec's
+step (SGD with Nesterov momentum and L2 decay on kernels; AdamW for an ``adam`` spec with
+decoupled decay) on a fixed batch of uint8 images, with the spec's label smoothing; the
+PyTorch side does the same work in float32 on the CPU: uint8 -> float, ``x * scale/std -
+mean/std`` with the net's own statistics, forward, cross-entropy, backward and
+``torch.optim.SGD`` (or ``AdamW``), the decay on conv and dense weights only, as dnnspec
+decays kernels only. Neither side augments (bench_cnn does not either): the spec's
 horizontal flip costs the same data-loader time whichever engine trains. The padding is the
 engine's SAME_UPPER (the stride-2 3x3 conv pads 0 above/left, 1 below/right: a ZeroPad2d on
 the PyTorch side); batch norm uses eps 1e-5, running-stat momentum 0.01 (the spec's 0.99).
-One difference remains and costs the same on both sides: dnnspec's Adam divides by
-sqrt(s_hat + eps), PyTorch's by sqrt(s_hat) + eps.
+With Adam one difference remains and costs the same on both sides: dnnspec's Adam divides
+by sqrt(s_hat + eps), PyTorch's by sqrt(s_hat) + eps.
 
 PyTorch runs with ``torch.set_num_threads`` = the engine's thread count
 (``$DNNSPEC_THREADS`` or the CPU budget; engine/threads.py). Rounds alternate the two sides,
