@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_search import SMALL  # the same small space as the local backend's tests
 
 from dnnspec.cli import main
 
@@ -35,20 +36,6 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'dnnspec[ray]')")
 RUN_TIMEOUT = 240  # seconds for one dnnspec search on Ray (a local instance starts in 5-10 s)
 
-SMALL = """\
-network small
-data spirals
-input [2]
-classes 3
-layers {
-  dense choice(8, 16)
-  tanh
-  dense 3
-  softmax
-}
-optimizer adam lr=choice(0.03, 0.003)
-train epochs=2 batch=64 validation=0.2 seed=0
-"""
 GRID = ("--strategy", "grid", "--epochs", "1", "--limit", "200")
 HALVING = ("--strategy", "halving", "--trials", "4", "--epochs", "2", "--limit", "200")
 
