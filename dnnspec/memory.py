@@ -11,7 +11,7 @@ estimate follows what the engine keeps (float32, 4 bytes an element), with ``N``
     activations  4 * sum over layers of  N * backward_l + E * forward_l
     input        4 * E * 2 * input size            (the cast and normalised batch)
     augment      4 * N * per-example buffers of the augment ops (crop's padded copy,
-                 the bilinear sampler's gathers and indices)
+                 the bilinear sampler's gathers and indices, mixup/cutmix's two batch copies)
 
 ``forward_l`` counts the per-example elements of the scratch arrays a layer's forward
 pass keeps (its output, a conv's im2col matrix and padded input, batch norm's centred
@@ -42,6 +42,7 @@ from pathlib import Path
 
 from . import ir, registry
 from .errors import NO_SPAN, Diagnostic, Span, UsageError
+from .schema import MIX_OPS
 
 BYTES = 4  # float32, the engine's training dtype
 EVAL_BATCH = 2048  # the most rows of one evaluation pass (engine.trainer asks eval_batch)
@@ -118,19 +119,26 @@ def _layer_part(layer: ir.Layer, copies: int, n: int, e: int, readers: int = 1) 
 
 
 def _augment_part(model: ir.Model, n: int) -> Part | None:
-    """The augment block's per-batch buffers: the float copy, crop's padded batch, the sampler's arrays."""
-    if not model.augment or len(model.input.shape) != 3:
+    """The augment block's per-batch buffers: the float copy, crop's padded batch, the sampler's arrays,
+    and mixup/cutmix's mixed copy and shuffled partner batch (vector inputs take mixup only)."""
+    if not model.augment:
         return None
-    c, h, w = model.input.shape
-    elements = 2 * c * h * w
-    for step in model.augment:
-        if step.kind == "crop":
-            p = int(step.options["padding"])
-            elements += c * (h + 2 * p) * (w + 2 * p) + c * h * w
-    if any(s.kind in ("translate", "rotate", "scale") for s in model.augment):
-        # padded copy, 4 gathered corners, 4 flat int64 indices (2 elements each), blends;
-        # per pixel: source coordinates, floors, weights and int64 rows/columns
-        elements += 18 * c * (h + 4) * (w + 4) + 12 * h * w
+    size = math.prod(model.input.shape)
+    mixing = any(s.kind in MIX_OPS for s in model.augment)
+    elements = 2 * size if mixing else 0  # the mixed batch and x[perm]
+    if len(model.input.shape) == 3 and any(s.kind not in MIX_OPS for s in model.augment):
+        c, h, w = model.input.shape
+        elements += 2 * c * h * w
+        for step in model.augment:
+            if step.kind == "crop":
+                p = int(step.options["padding"])
+                elements += c * (h + 2 * p) * (w + 2 * p) + c * h * w
+        if any(s.kind in ("translate", "rotate", "scale") for s in model.augment):
+            # padded copy, 4 gathered corners, 4 flat int64 indices (2 elements each), blends;
+            # per pixel: source coordinates, floors, weights and int64 rows/columns
+            elements += 18 * c * (h + 4) * (w + 4) + 12 * h * w
+    if not elements:
+        return None
     span = model.augment[0].span
     return Part("augment", "augment", span, 0, BYTES * n * elements)
 

@@ -197,6 +197,19 @@ def test_memory_estimate_of_an_mlp_by_hand():
     assert est.largest.name == "input"  # 2 x 784 floats per example at the eval batch of 2048
 
 
+
+def test_memory_estimate_counts_mixings_two_batch_copies():
+    """mixup/cutmix keep the mixed batch and its shuffled partner: 2 input-sized arrays per example,
+    for vectors (mixup alone) and on top of the per-image ops' buffers for images."""
+    mlp = "input [784]\nclasses 10\n{aug}layers {{\n  dense 10\n  softmax\n}}\ntrain batch=32\n"
+    plain, mixed = (memory.estimate(frontend.parse(mlp.format(aug=a)))
+                    for a in ("", "augment {\n  mixup alpha=0.2\n}\n"))
+    assert mixed.total - plain.total == 4 * 32 * 2 * 784
+    img = ("input image[1, 8, 8]\nclasses 2\naugment {{\n  flip horizontal\n{mix}}}\n"
+           "layers {{\n  flatten\n  dense 2\n  softmax\n}}\ntrain batch=16\n")
+    flips, both = (memory.estimate(frontend.parse(img.format(mix=m))) for m in ("", "  cutmix alpha=1.0\n"))
+    assert both.total - flips.total == 4 * 16 * 2 * 64
+
 def _engine_bytes(model, n, e):
     """Bytes the engine really holds after a training step at n and an evaluation at e."""
     from dnnspec.engine.net import Net
