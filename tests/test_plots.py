@@ -227,6 +227,35 @@ def test_cli_augment_preview(tmp_path, image_data, capsys):
     assert fmt == "PNG" and w > h  # 3 rows, 5 columns
 
 
+
+def test_cli_augment_preview_mixes_the_picked_images(tmp_path, image_data, capsys, monkeypatch):
+    """mixup/cutmix mix the picked images with each other, as a batch in training; each variant's lam is printed."""
+    from dnnspec.commands import augment_preview
+
+    grids = []
+    monkeypatch.setattr("dnnspec.plots.write_augment_grid", lambda out, o, v, r, labels: grids.append((o, v)) or out)
+    spec = tmp_path / "mix.dnn"
+    spec.write_text(SPEC.replace("  translate 1px\n  rotate 10deg\n", "  mixup alpha=0.4\n"))
+    assert augment_preview.run(augment_preview_args(spec, image_data)) == 0
+    line = capsys.readouterr().out
+    assert "(flip, mixup); lam of each variant: " in line
+    lams = [float(v) for v in line.split("lam of each variant: ")[1].split(", ")]
+    originals, variants = grids[0]
+    assert len(lams) == len(variants) == 4 and all(0 < lam < 1 for lam in lams)
+    both = np.concatenate([originals, originals[..., ::-1]]).astype(np.float32)  # each picked image, flipped or not
+    for v, lam in zip(variants, lams):
+        for r, image in enumerate(v):  # lam of its own image (flipped or not) + 1 - lam of a picked one
+            own = both[[r, r + len(originals)]]
+            err = np.abs(image - lam * own[:, None] - (1 - lam) * both[None, :]).max(axis=(2, 3, 4))
+            assert err.min() <= 0.005 * 255 + 1e-3  # lam is printed to 2 decimals
+
+
+def augment_preview_args(spec, data):
+    import argparse
+
+    return argparse.Namespace(spec=str(spec), data=str(data), data_dir=None, n=3, variants=4, out="unused.png",
+                              seed=1)
+
 def test_cli_augment_preview_errors(tmp_path, image_data, capsys):
     pytest.importorskip("dnnspec.frontend")
     plain = tmp_path / "plain.dnn"

@@ -2,7 +2,10 @@
 
 Loads the spec and its data (``--data`` or the spec's ``data`` statement), takes ``-n``
 training images chosen with ``--seed``, and runs the spec's augment block on them
-``--variants`` times, exactly as training does (same ops, order and value range).
+``--variants`` times, exactly as training does (same ops, order and value range). With
+mixup or cutmix the picked images are the batch they mix within, as a training batch is:
+each variant mixes them with a shuffled copy of themselves, and the line printed gives the
+weight lam each variant kept of its own image.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..augment import Augmenter
+    from ..augment import Augmenter, Mixer
     from ..data import load_data
     from ..errors import UsageError
     from ..frontend import load
@@ -43,10 +46,18 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     pick = np.sort(rng.choice(len(data.x_train), size=min(args.n, len(data.x_train)), replace=False))
     originals = data.x_train[pick]
-    aug = Augmenter.from_model(model, data.x_train[:1024])
-    variants = np.stack([aug(originals, rng) for _ in range(args.variants)])
-    path = write_augment_grid(args.out, originals, variants, aug.value_range, _labels(data, model, pick))
-    print(f"wrote {path}: {len(pick)} images x {args.variants} variants ({', '.join(s.kind for s in aug.steps)})")
+    aug, mixer = Augmenter.from_model(model, data.x_train[:1024]), Mixer.from_model(model)
+    variants, lams = [], []
+    for _ in range(args.variants):
+        x = aug(originals, rng) if aug else originals
+        if mixer is not None:  # after the per-image ops, as in training
+            x, mix = mixer(x, rng)
+            lams.append("unmixed" if mix is None else f"{mix.lam:.2f}")
+        variants.append(np.asarray(x, dtype=np.float32))
+    path = write_augment_grid(args.out, originals, np.stack(variants), aug.value_range, _labels(data, model, pick))
+    ops = ", ".join(s.kind for s in model.augment)
+    mixed = f"; lam of each variant: {', '.join(lams)}" if lams else ""
+    print(f"wrote {path}: {len(pick)} images x {args.variants} variants ({ops}){mixed}")
     return 0
 
 
