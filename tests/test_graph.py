@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradcheck import net_gradients, rel_error
+from test_frontend import _comparable  # the IR without spans and paths, as render round trips compare it
 
 from dnnspec import checkpoint, frontend, ir, memory, registry, summary
 from dnnspec.cli import main
@@ -221,19 +222,6 @@ CONSTRUCTS = {
     "quoted_name": spec("input [4]", '  dense 5 name="true"\n  dense 5 from=input\n  add "true", dense2\n'
                         "  dense 3\n  softmax\n"),
 }
-
-
-def _comparable(model):
-    d = json.loads(model.to_json())
-
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in ("span", "data_span", "path", "explicit")}
-        if isinstance(x, list):
-            return [strip(v) for v in x]
-        return x
-
-    return strip(d)
 
 
 @pytest.mark.parametrize("text", [*CONSTRUCTS.values(), *((ROOT / "specs" / f"{n}.dnn").read_text()
