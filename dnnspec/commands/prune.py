@@ -137,12 +137,10 @@ def _finetune(net, args: argparse.Namespace, out: Path) -> float | None:
     from ..engine.trainer import fit
 
     data = load_data(args.data, net.model, data_dir=args.data_dir)
-    state = checkpoint.split_state(args.run)  # validate on the original run's held-out examples
-    if state is not None:
-        net.rng.bit_generator.state = state
-    # the pruned weights were learned on the original input statistics: keep them rather than re-measure
+    # the pruned weights were learned on the original input statistics: keep them rather than re-measure;
+    # validate on the original run's held-out examples
     history = fit(net, data.x_train, data.y_train, epochs=args.finetune, run_dir=out, overwrite=True,
-                  measure_input=False,
+                  measure_input=False, split_state=checkpoint.split_state(args.run),
                   progress=args.progress, x_val=data.x_val, y_val=data.y_val, x_test=data.x_test, y_test=data.y_test,
                   out=sys.stdout)
     return (history.test or {}).get("accuracy")

@@ -112,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
     if init is not None:
         for k, v in init.items():
             net.params[k][...] = v
-        state = split_state(args.init)  # on the same data: the held-out examples of the run the weights come from
-        if state is not None:
-            net.rng.bit_generator.state = state
     out = sys.stdout
     for note in data.notes:
         out.write(note + "\n")
@@ -128,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         history = fit(net, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, run_dir=run_dir,
                       resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
                       y_test=data.y_test, out=out, tracker=tracker, teacher=teacher, x_val=data.x_val,
-                      y_val=data.y_val, measure_input=init is None)
+                      y_val=data.y_val, measure_input=init is None,
+                      split_state=None if init is None else split_state(args.init))  # the source's held-out set
     if args.progress == "none":  # the progress output ends with this line otherwise
         out.write(final_line(history) + "\n")
     return 0

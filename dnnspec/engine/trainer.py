@@ -100,7 +100,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
         out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, teacher: Any = None,
-        measure_input: bool = True, **overrides: Any) -> History:
+        measure_input: bool = True, split_state: dict | None = None, **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -119,6 +119,9 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     path or callable raw batch -> logits (N, K) with the default temperature and weight.
     ``measure_input=False`` keeps the net's ``input.mean``/``input.std`` (normalize auto) instead of
     measuring them on the training split: for weights learned with them (fine-tuning a pruned run).
+    ``split_state``: the generator state to draw the validation split from instead of the net's
+    current one (``checkpoint.split_state(RUN)`` of the run whose weights this one continues), so
+    that on the same data it validates on that run's held-out examples; a resume uses its own.
     """
     t0 = time.perf_counter()
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
@@ -133,7 +136,9 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     ckpt = _read_resume(run, net) if resume else None
     if ckpt is not None:
         rng.bit_generator.state = ckpt.meta["rng_split"]
-    split_state = rng.bit_generator.state
+    elif split_state is not None:
+        rng.bit_generator.state = split_state
+    split_from = rng.bit_generator.state
     train_idx, val = _split(x, y, x_val, y_val, cfg["validation"], rng)
     if ckpt is None and measure_input and net.model.normalize.mode == "auto":
         net.set_input_stats(x if len(train_idx) == len(x) else x[train_idx])
@@ -143,7 +148,7 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         loop.restore(ckpt)
     else:
         loop.start_fresh(overwrite)
-    loop.split_state = split_state
+    loop.split_state = split_from
     try:
         history = loop.run()
         if x_test is not None and y_test is not None:
