@@ -674,7 +674,7 @@ _YES_NO_FIX = ("a multi-label spec (targets {t} with binary_cross_entropy) takes
 def _multilabel(model: Any) -> bool:
     """``targets N`` with binary_cross_entropy: N yes/no labels per example."""
     task, loss = getattr(model, "task", None), getattr(model, "loss", None)
-    return task is not None and task.kind == "regression" and getattr(loss, "kind", None) == "binary_cross_entropy"
+    return task is not None and loss is not None and ir.task_of(task.kind, loss.kind) == "multilabel"
 
 
 def _not_yes_no(y: np.ndarray) -> tuple[int, int] | None:

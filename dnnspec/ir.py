@@ -162,6 +162,12 @@ class Task:
     span: Span = NO_SPAN
 
 
+def task_of(kind: str, loss: str) -> str:
+    """The task a report and a summary speak of: the spec's (classification, regression), or
+    multilabel for targets with binary_cross_entropy (one sigmoid yes/no per output)."""
+    return "multilabel" if kind == "regression" and loss == "binary_cross_entropy" else kind
+
+
 @dataclass(frozen=True)
 class Step:
     """A statement with a kind and bound options: a loss, optimizer, schedule or augment op."""
@@ -447,5 +453,5 @@ def model_from_layers(
 __all__ = [
     "FORMAT_VERSION", "INPUT", "FrozenDict", "Input", "Layer", "LayerDecl", "Model", "Normalize",
     "ParamSpec", "Step", "Task", "asdict", "build_layers", "default_names", "first_consumers", "inputs_of",
-    "model_from_layers",
+    "model_from_layers", "task_of",
 ]

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .ir import task_of
 
 METRICS = "metrics.json"
 CONFUSION = "confusion.png"
@@ -370,12 +371,6 @@ def _engine_scorer(net: Any, name: str) -> Scorer:
     width = task.classes if task.kind == "classification" else task.targets
     return Scorer(name, task_of(task.kind, model.loss.kind), names if task.kind == "classification" else [],
                   outputs, model, width, tuple(model.input.shape))
-
-
-def task_of(kind: str, loss: str) -> str:
-    """The report's task: the spec's (classification, regression), or multilabel for targets with
-    binary_cross_entropy (one sigmoid yes/no per output)."""
-    return "multilabel" if kind == "regression" and loss == "binary_cross_entropy" else kind
 
 
 def evaluate_net(net: Any, x: np.ndarray, y: np.ndarray, data: str = "test split",

@@ -231,7 +231,7 @@ def summary(model: ir.Model) -> str:
 
 def _recipe(model: ir.Model) -> list[str]:
     t, task = model.train, model.task
-    if task.kind == "regression" and model.loss.kind == "binary_cross_entropy":  # targets N with sigmoid
+    if ir.task_of(task.kind, model.loss.kind) == "multilabel":  # targets N with sigmoid
         what = f"multi-label classification, {task.targets} label{'s' * (task.targets != 1)} (a yes/no each)"
     elif task.kind == "regression":
         what = f"regression, {task.targets} target(s)"
