@@ -235,6 +235,9 @@ def test_init_from_another_network_or_with_resume_is_one_line(spec, tmp_path, ca
     assert main(["train", str(spec), *data, "--out", str(tmp_path / "a"), "--init", str(tmp_path / "a"),
                  "--resume"]) != 0
     assert "--init starts a new run" in capsys.readouterr().err
+    assert main(["train", str(spec), *data, "--out", str(tmp_path / "e"), "--init", str(tmp_path / "nowhere")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere: no such --init run" in err, err
 
 
 def test_init_keeps_the_input_statistics_the_weights_were_learned_with(spec, tmp_path):
