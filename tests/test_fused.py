@@ -7,6 +7,7 @@ machinery around the kernels is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -200,3 +201,85 @@ def test_numba_is_imported_when_an_optimizer_is_built_and_loaded_from_the_cache_
     second = _python(code)  # the first run compiled (or found) and saved the float32 kernel
     assert second.returncode == 0, second.stderr
     assert second.stdout.split() == ["False", "True", "0"]
+
+
+# --- the kernels of the MLP's step: loss, input scaling, the optimizer's kept views -----------
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [2, 7, 8, 10, 17, 128, 129])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_compiled_softmax_cross_entropy_gives_the_numpy_passes_bits(dtype, k, smoothing, monkeypatch):
+    """Loss and gradient bit for bit: NumPy's pairwise row sums (8 running sums) replayed, ties in the max,
+    logits over many decades; K = 129 (above the kernels' 128) takes the NumPy path on both switches."""
+    from dnnspec.engine.losses import softmax_cross_entropy
+
+    rng = np.random.default_rng(k)
+    z = (rng.normal(size=(37, k)) * 10.0 ** rng.integers(-3, 2, (37, k))).astype(dtype)
+    z[0, :2] = z[0].max() + 1  # a tie for the maximum
+    y = rng.integers(0, k, 37)
+    y[1] = k - 1
+    got = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("DNNSPEC_FUSED", switch)
+        got[switch] = softmax_cross_entropy(z, y, out=np.empty_like(z), label_smoothing=smoothing)
+    assert got["1"][0] == got["0"][0]
+    np.testing.assert_array_equal(_bits(got["1"][1]), _bits(got["0"][1]))
+
+
+@needs_numba
+def test_compiled_softmax_cross_entropy_leaves_a_bad_label_to_numpys_error(monkeypatch):
+    from dnnspec.engine.losses import softmax_cross_entropy
+
+    monkeypatch.setenv("DNNSPEC_FUSED", "1")
+    with pytest.raises(IndexError):
+        softmax_cross_entropy(np.zeros((3, 4), np.float32), np.array([0, 4, 1]))
+
+
+@needs_numba
+def test_training_on_uint8_images_gives_the_same_weights_on_both_paths(monkeypatch):
+    """uint8 inputs scaled by 1/255 in training (net._prepare's kernel), label smoothing (the loss kernels),
+    the fused Adam step on the net's own gradient buffers (its views made once): the same weights."""
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (300, 12)).astype(np.uint8), rng.integers(0, 4, 300)
+    layers = [("dense", {"units": 16}), ("relu", {}), ("dense", {"units": 4}), ("softmax", {})]
+    weights = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("DNNSPEC_FUSED", switch)
+        model = ir.model_from_layers((12,), layers, optimizer="adam", optimizer_options={"lr": 1e-2},
+                                     train={"epochs": 2, "batch": 64, "validation": 0.0, "seed": 5}, scale=1 / 255)
+        smoothed = dataclasses.replace(model.loss, options=ir.FrozenDict({"label_smoothing": 0.1}))
+        net = Net(dataclasses.replace(model, loss=smoothed))
+        fit(net, x, y, progress=False)
+        weights.append(net.params)
+    for name, value in weights[1].items():
+        np.testing.assert_array_equal(weights[0][name], value, err_msg=name)
+
+
+@needs_numba
+def test_fused_step_follows_replaced_arrays():
+    """The step keeps its flat views while params and grads hold the same arrays, and remakes them when
+    either is replaced: the same weights as the NumPy path through both."""
+    out = []
+    for path in (True, False):
+        rng = np.random.default_rng(2)
+        params = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+        grads = {n: np.empty(s, np.float32) for n, s in SHAPES.items()}
+        opt = Adam(params, lr=0.01, fused=path)
+        r = np.random.default_rng(3)
+        for k in range(30):
+            if k == 10:
+                params["a.kernel"] = params["a.kernel"].copy()
+            if k == 20:
+                grads = {n: g.copy() for n, g in grads.items()}
+            for g in grads.values():
+                g[...] = r.standard_normal(g.shape)
+            opt.step(params, grads)
+        out.append(params)
+    for n in SHAPES:
+        np.testing.assert_array_equal(out[0][n], out[1][n], err_msg=n)

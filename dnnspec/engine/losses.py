@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .ops import stable_sigmoid
 
 
@@ -39,6 +40,108 @@ def _out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     if out is None or out.shape != like.shape or out.dtype != like.dtype:
         return np.empty_like(like)
     return out
+
+
+def softmax_shift_kernel(logits, y, e, z, picked, r64):
+    """Training pass 1 of softmax cross-entropy, row by row: z = logits - max, picked = sum_k q_k z_k (float64).
+
+    As the NumPy passes: the row maximum, the shifted logits, z[y] cast to float64, and with
+    label smoothing e, (1-e) z[y] + (e/K) * the float64 row sum, summed in NumPy's pairwise
+    order (8 running sums from a start of 0; K <= 128). False (nothing to trust) when a
+    label is outside 0..K-1: the NumPy path then raises its IndexError.
+    """
+    n, k = logits.shape
+    for i in range(n):
+        yi = y[i]
+        if yi < 0 or yi >= k:
+            return False
+        mx = logits[i, 0]
+        for j in range(1, k):
+            v = logits[i, j]
+            if v > mx or v != v:
+                mx = v
+        for j in range(k):
+            z[i, j] = logits[i, j] - mx
+        p = np.float64(z[i, yi])
+        if e != 0:
+            if k < 8:
+                s = 0.0
+                for j in range(k):
+                    s += np.float64(z[i, j])
+            else:
+                for j in range(8):
+                    r64[j] = np.float64(z[i, j])
+                j = 8
+                while j < k - k % 8:
+                    for q in range(8):
+                        r64[q] += np.float64(z[i, j + q])
+                    j += 8
+                s = ((r64[0] + r64[1]) + (r64[2] + r64[3])) + ((r64[4] + r64[5]) + (r64[6] + r64[7]))
+                while j < k:
+                    s += np.float64(z[i, j])
+                    j += 1
+                s = 0.0 + s
+            p = (1.0 - e) * p + (e / k) * s
+        picked[i] = p
+    return True
+
+
+def softmax_grad_kernel(z, y, ek, hit, inv_n, total, r):
+    """Training pass 2, on z = exp(shifted logits): total = the row sums (NumPy's pairwise order, as above),
+    then z <- ((z / total - e/K) - (1-e) [k = y]) / N elementwise, as the NumPy passes do it. ``ek`` is e/K
+    (0: not subtracted), ``hit`` 1-e, ``inv_n`` 1/N, all of z's dtype."""
+    n, k = z.shape
+    for i in range(n):
+        if k < 8:
+            r[0] = 0
+            s = r[0]  # a 0 of z's dtype
+            for j in range(k):
+                s += z[i, j]
+        else:
+            for j in range(8):
+                r[j] = z[i, j]
+            j = 8
+            while j < k - k % 8:
+                for q in range(8):
+                    r[q] += z[i, j + q]
+                j += 8
+            s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+            while j < k:
+                s += z[i, j]
+                j += 1
+        total[i] = s
+        yi = y[i]
+        for j in range(k):
+            v = z[i, j] / s
+            if ek != 0:
+                v = v - ek
+            if j == yi:
+                v = v - hit
+            z[i, j] = v * inv_n
+
+
+def _softmax_ce_compiled(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None,
+                         e: float) -> tuple[float, np.ndarray] | None:
+    """The plain (unmixed) training loss and gradient with the compiled kernels, or None where they do not apply."""
+    n, k = logits.shape
+    if k > 128 or not logits.flags.c_contiguous or logits.dtype not in (np.float32, np.float64):
+        return None
+    shift, grad = fused.compiled(softmax_shift_kernel), fused.compiled(softmax_grad_kernel)
+    if shift is None or grad is None:
+        return None
+    y = np.ascontiguousarray(y).reshape(n)
+    if y.dtype.kind not in "iu":
+        return None
+    z, picked = _out(out, logits), np.empty(n)
+    r64 = np.empty(8)
+    if not shift(logits, y, e, z, picked, r64):
+        return None
+    np.exp(z, out=z)
+    t = z.dtype.type
+    total = np.empty(n, z.dtype)
+    grad(z, y, t(e / k), t(1.0 - e), t(1.0 / n), total, np.empty(8, z.dtype))
+    loss = float(np.mean(np.log(total.astype(np.float64)) - picked))
+    return loss, z
 
 
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | None = None,
@@ -49,6 +152,10 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, out: np.ndarray | N
     ``label_smoothing`` e: targets (1-e) onehot + e/K (e = 0: the plain loss, the same bits).
     ``mix`` (perm (N,), lam): the soft target lam onehot(y) + (1-lam) onehot(y[perm]) (module doc).
     """
+    if grad and mix is None:  # a training pass: two compiled passes around NumPy's exp (the same bits)
+        done = _softmax_ce_compiled(logits, y, out, float(label_smoothing))
+        if done is not None:
+            return done
     n, k = logits.shape
     rows = np.arange(n)
     y = np.asarray(y).astype(np.intp, copy=False)
