@@ -2,6 +2,7 @@
 
     python bench/bench_busy.py [--rounds 3] [--nets mlp,cnn] [--mlp-images 60000] [--cnn-images 16384]
                                [--cap 30] [--no-blas] [--no-torch]
+    python bench/bench_busy.py --quiet-ab 10     # the MLP, quiet: today's path against auto, one process
 
 Networks: ``specs/fashion_mlp.dnn`` (784-256-256-10, batch norm, ELU, dropout) and
 ``specs/fashion_cnn.dnn`` (two conv/batch-norm/pool blocks, dense 128), Adam, batch 128,
@@ -20,8 +21,9 @@ In each, one epoch of every configuration, in a rotating order:
 * ``fixed N``: ``$DNNSPEC_THREADS=N`` for each count N the governor may choose (1, 2, ... budget);
 * ``auto``: no ``$DNNSPEC_THREADS``, the governor starting afresh every epoch (its cold start
   is inside the timing); the share of steps it ran at each count is printed beside it;
-* ``blas N`` (MLP, unless --no-blas): the engine before this change: ``Net.own_threads =
-  False``, OpenBLAS threading the GEMMs itself with N threads;
+* ``blas N`` (MLP, unless --no-blas): the MLP's path before the BLAS governor: OpenBLAS
+  threading the GEMMs itself with N threads whatever the load (for an MLP, ``fixed N`` and
+  ``auto`` set BLAS's thread count: ``threads.blas_threads``);
 * ``torch N`` (unless --no-torch, when torch imports): the same network in PyTorch with N
   threads, in a child process (its OpenMP threads must not spin beside ours).
 
@@ -36,6 +38,7 @@ seconds, so the ratios within a round are what to compare; their medians are the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -85,7 +88,9 @@ def engine_epoch(net_name: str, x: np.ndarray, y: np.ndarray, config: str, cap: 
     threads.reset()
     net = dnnspec.compile(SPECS[net_name], seed=0)
     if kind == "blas":
-        net = type("BlasNet", (Net,), {"own_threads": False})(net.model, seed=0)
+        # the MLP's path before the BLAS governor: BLAS's own threads, fixed at N, whatever the load
+        net = type("BlasNet", (Net,), {"own_threads": False, "threads": lambda self: contextlib.nullcontext()})(
+            net.model, seed=0)
     opt = Adam(net.params, net.trainable, lr=1e-3)
     limit = threadpool_limits(int(count), "blas") if kind == "blas" else None
     try:
@@ -94,7 +99,7 @@ def engine_epoch(net_name: str, x: np.ndarray, y: np.ndarray, config: str, cap: 
         if limit is not None:
             limit.restore_original_limits()
         os.environ.pop(threads.ENV, None)
-    gov = threads._governor
+    gov = threads._governor if net._threads else threads._blas_governor
     note = ""
     if kind == "auto" and gov is not None and sum(gov.steps.values()):
         total = sum(gov.steps.values())
@@ -255,6 +260,36 @@ def summary(net_name: str, levels: list[int], rows: list[dict]) -> None:
         print(line)
 
 
+def quiet_ab(x: np.ndarray, y: np.ndarray, rounds: int) -> None:
+    """The MLP on a quiet machine: "blas 2" (BLAS's own threads, no governor: the path before the BLAS
+    governor) against "auto" (``blas_threads`` and its governor), one net each, alternating epochs in one
+    process (the order flips every round), so that both see the same minutes of the machine."""
+    import dnnspec
+    from dnnspec.engine import threads
+    from dnnspec.engine.net import Net
+    from dnnspec.engine.optim import Adam
+
+    os.environ.pop(threads.ENV, None)
+    threads.reset()
+    model = dnnspec.compile(SPECS["mlp"], seed=0).model
+    today = type("BlasNet", (Net,), {"own_threads": False, "threads": lambda self: contextlib.nullcontext()})
+    nets = {"today": today(model, seed=0), "auto": Net(model, seed=0)}
+    opts = {k: Adam(n.params, n.trainable, lr=1e-3) for k, n in nets.items()}
+    for k in nets:  # warm-up: numba, buffers
+        _timed_epoch(nets[k], opts[k], x[:BATCH * 8], y[:BATCH * 8], 1e9)
+    times: dict[str, list[float]] = {"today": [], "auto": []}
+    for r in range(rounds):
+        for k in ("today", "auto") if r % 2 else ("auto", "today"):
+            times[k].append(_timed_epoch(nets[k], opts[k], x, y, 1e9))
+    ratios = [a / b for a, b in zip(times["auto"], times["today"])]
+    print(f"MLP quiet, {len(x)} images, {rounds} rounds, loadavg {os.getloadavg()[0]:.1f}")
+    for k, v in times.items():
+        print(f"  {k:5s} " + " ".join(f"{t:.3f}" for t in v))
+    gov = threads._blas_governor
+    print(f"  auto / today per round: {' '.join(f'{v:.3f}' for v in ratios)}; median {statistics.median(ratios):.3f}"
+          f" (goal <= 1.03); the governor's steps per count: {gov.steps if gov else {}}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -264,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cap", type=float, default=30.0, help="stop an epoch after this many seconds and extrapolate")
     ap.add_argument("--no-blas", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--quiet-ab", type=int, default=0, metavar="ROUNDS",
+                    help="only the MLP's quiet A/B: today's path against auto, alternating epochs in one process")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--images", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
@@ -274,6 +311,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from dnnspec.engine import cpus, threads
 
+    if args.quiet_ab:
+        x, y, what = load(args.mlp_images)
+        quiet_ab(x, y, args.quiet_ab)
+        return
     levels = threads.levels(threads.budget())
     torch_ok = not args.no_torch and torch_available()
     print(f"CPUs: os.cpu_count {os.cpu_count()}, affinity {cpus.affinity_cpus()}, cgroup quota "

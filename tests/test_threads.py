@@ -4,6 +4,7 @@ direct BLAS pieces)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -283,6 +284,128 @@ def test_step_outside_a_context_does_nothing(monkeypatch):
     threads.reset()
     threads.step()
     assert threads._governor is None
+
+
+# --- the BLAS governor of MLPs (threads.blas_threads) --------------------------------------------------
+
+
+class FakeWindowMeter(FakeMeter):
+    """A FakeMeter whose window (seconds since its last sample) is set by the test."""
+
+    def __init__(self, others, ncpus: int = 2, window: float = 0.1):
+        super().__init__(others, ncpus)
+        self.span, self.calls = window, 0
+
+    def window(self):
+        return self.span
+
+    def sample(self):
+        self.calls += 1
+        return self.others()
+
+
+def test_blas_governor_keeps_the_budget_under_light_load():
+    """Others under half a CPU: the budget from the first step to the last, never a switch (the bits hold)."""
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: 0.45))
+    counts = drive(gov, 2000, lambda k: 0.002)
+    assert counts == [2] * 2000 and gov.history == []
+
+
+def test_blas_governor_drops_to_one_thread_beside_a_busy_neighbour_and_stays():
+    """OpenBLAS's two threads leave a busy neighbour ~0.6 of its core: that already means one thread; at one
+    thread the neighbour shows as a whole CPU. The count never goes back while it stays."""
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: 0.6 if gov.k == 2 else 1.0))
+    counts = drive(gov, 3000, lambda k: 0.003 if k == 1 else 0.01)
+    assert counts[0] == 1  # the window before the start (fresh: 0.1 s) answered at once
+    assert counts == [1] * 3000 and gov.history == [(1, 0.6)]
+
+
+def test_blas_governor_after_a_stale_window_asks_within_the_first_steps():
+    """A window longer than STALE may mix a neighbour long gone with the present: it only takes a thread
+    away when others took most of a CPU throughout; otherwise the first answer comes FIRST seconds into the
+    steps (the budget until then)."""
+    answers = iter([0.6] + [1.0] * 1000)  # the long window: a neighbour for part of it; then busy
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: next(answers), window=30.0))
+    counts = drive(gov, 200, lambda k: 0.004 if k == 1 else 0.01)
+    assert counts[:5] == [2] * 5 and counts[-150:] == [1] * 150
+    assert counts.count(2) <= gov.FIRST / 0.01 + 1
+    answers = iter([0.9] + [0.0] * 1000)  # busy throughout the long window, gone now
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: next(answers), window=30.0))
+    counts = drive(gov, 200, lambda k: 0.003)
+    assert counts[0] == 1 and counts[-150:] == [2] * 150
+    answers = iter([0.2] + [0.0] * 1000)  # a quiet long window never moves the count
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: next(answers), window=30.0))
+    assert drive(gov, 200, lambda k: 0.003) == [2] * 200
+
+
+def test_blas_governor_comes_back_only_when_the_neighbour_has_gone():
+    others = [1.0]
+    gov = threads.BlasGovernor(2, meter=FakeWindowMeter(lambda: others[0]))
+    now = [0.0]
+    assert drive(gov, 300, lambda k: 0.003, now)[-1] == 1
+    others[0] = 0.4  # in between: nothing moves
+    assert drive(gov, 300, lambda k: 0.003, now) == [1] * 300
+    others[0] = 0.1  # gone
+    assert drive(gov, 300, lambda k: 0.002, now)[-200:] == [2] * 200
+    assert [k for k, _ in gov.history] == [1, 2]
+
+
+def test_blas_governor_on_four_cpus_gives_up_only_what_the_neighbours_take():
+    gov = threads.BlasGovernor(4, meter=FakeWindowMeter(lambda: 1.0, ncpus=4))
+    assert drive(gov, 100, lambda k: 0.003)[-1] == 3
+
+
+def _blas_count() -> int:
+    """The thread count of the BLAS libraries the engine controls (NumPy's; SciPy may bring its own)."""
+    counts = {lib["num_threads"] for lib in threads._blas_controller().info() if lib["user_api"] == "blas"}
+    assert len(counts) == 1
+    return counts.pop()
+
+
+@pytest.mark.skipif(threads._blas_controller() is None, reason="threadpoolctl finds no BLAS here")
+def test_blas_threads_sets_the_count_and_restores_blas_own(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(threads, "budget", lambda: 2)
+    threads.reset()
+    with threadpool_limits(2, "blas"):  # BLAS's own count, whatever this machine has
+        monkeypatch.setenv(threads.ENV, "1")
+        with threads.blas_threads():
+            assert _blas_count() == 1 and threads.threads() == 1
+            with threads.blas_threads():  # nested: nothing changes
+                assert _blas_count() == 1
+        assert _blas_count() == 2
+        monkeypatch.delenv(threads.ENV)
+        gov = threads.blas_governor()
+        gov.meter = FakeWindowMeter(lambda: 1.0)
+        with threads.blas_threads():  # the budget until the first training step asks: a busy neighbour
+            assert _blas_count() == 2
+            threads.step()
+            assert _blas_count() == 1 and threads.threads() == 1
+        assert _blas_count() == 2  # BLAS's own count between contexts
+        gov.meter = FakeWindowMeter(lambda: 0.0)
+        with threads.blas_threads():  # the governor's last count, until a step says the neighbour left
+            assert _blas_count() == 1
+            threads.step()
+            assert _blas_count() == 2
+            with threads.own_threads():  # a CNN inside (a teacher): BLAS single-threaded, as own_threads wants
+                assert _blas_count() == 1
+                with threads.blas_threads():
+                    assert _blas_count() == 1
+            assert _blas_count() == 2
+        assert _blas_count() == 2
+    threads.reset()
+
+
+def test_an_mlp_runs_inside_blas_threads_and_a_cnn_inside_own_threads(monkeypatch):
+    seen = []
+    monkeypatch.setattr(threads, "blas_threads", lambda: (seen.append("blas"), contextlib.nullcontext())[1])
+    monkeypatch.setattr(threads, "own_threads", lambda: (seen.append("own"), contextlib.nullcontext())[1])
+    mlp = Net(ir.model_from_layers((6,), [("dense", {"units": 3}), ("softmax", {})]))
+    cnn = Net(ir.model_from_layers((1, 6, 6), CNN))
+    mlp.forward(np.zeros((2, 6)))
+    cnn.forward(np.zeros((2, 1, 6, 6)))
+    assert seen == ["blas", "own"]
 
 
 # --- results do not depend on the thread count -------------------------------------------------------

@@ -182,6 +182,10 @@ class CpuMeter:
         self.ncpus = n
         return self.clock(), busy / self.tick, self.cpu_time()
 
+    def window(self) -> float | None:
+        """Seconds since the last sample (the window the next one covers), or None without a reading."""
+        return None if self.last is None else self.clock() - self.last[0]
+
     def sample(self) -> float | None:
         """CPUs the others used since the previous sample (0.0: quiet), or None when unknown or too soon."""
         now = self._read()

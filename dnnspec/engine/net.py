@@ -32,7 +32,6 @@ loop over ``run_body``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -232,8 +231,9 @@ class Net:
     #: Split passes and GEMMs over the engine's own threads with single-threaded BLAS
     #: (engine/threads.py): "auto" does it for networks with convolutions, whose ms-long passes
     #: repay the hand-offs, and there results do not depend on the thread count and the count
-    #: follows the machine's load. An MLP keeps OpenBLAS's threads: on a quiet machine they
-    #: were 7-23 % faster per epoch (docs/engine.md, Threads); True opts an MLP in.
+    #: follows the machine's load. An MLP keeps BLAS's own threads (threads.blas_threads: as
+    #: many as the machine's load leaves CPUs): on a quiet machine they were 7-23 % faster per
+    #: epoch (docs/engine.md, Threads); True opts an MLP in.
     own_threads: bool | str = "auto"
 
     def __init__(self, model: ir.Model, dtype: Any = np.float32, seed: int | None = None):
@@ -274,12 +274,12 @@ class Net:
         self._threads = auto if self.own_threads == "auto" else bool(self.own_threads)
 
     def threads(self):
-        """The context every pass runs in: :func:`threads.own_threads` (re-entrant) or nothing.
+        """The context every pass runs in: :func:`threads.own_threads` or :func:`threads.blas_threads` (nest).
 
         The trainer holds it around whole epochs, so that BLAS is not switched between
         one and several threads at every step (OpenBLAS's workers spin after a GEMM).
         """
-        return threads.own_threads() if self._threads else contextlib.nullcontext()
+        return threads.own_threads() if self._threads else threads.blas_threads()
 
     # --- input --------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ Outside the context everything runs as plain single calls.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import threading
@@ -70,6 +71,12 @@ _meter: cpus.CpuMeter | None = None
 _controller: Any = None
 _budget: int | None = None
 _governor: Governor | None = None
+# blas_threads(): the BLAS thread count of networks that keep BLAS's own threads (MLPs)
+_bdepth = 0  # depth of blas_threads() contexts in effect
+_bk: int | None = None  # the BLAS count blas_threads() set (None: BLAS's own default, untouched)
+_bfixed: int | None = None  # $DNNSPEC_THREADS as read by the outermost blas_threads()
+_blimit: Any = None  # threadpoolctl's limiter of the first change: restores BLAS's own count at the end
+_blas_governor: BlasGovernor | None = None
 
 
 def budget() -> int:
@@ -92,8 +99,13 @@ def requested() -> int | None:
 
 
 def threads() -> int:
-    """Threads in use: inside :func:`own_threads` the count in effect, else ``$DNNSPEC_THREADS`` or the budget."""
-    return _k if _depth else (requested() or budget())
+    """Threads in use: inside :func:`own_threads` the count in effect, inside :func:`blas_threads` BLAS's,
+    else ``$DNNSPEC_THREADS`` or the budget."""
+    if _depth:
+        return _k
+    if _bdepth and _bk is not None:
+        return _bk
+    return requested() or budget()
 
 
 def pieces() -> int:
@@ -125,9 +137,9 @@ def meter() -> cpus.CpuMeter:
 
 
 def reset() -> None:
-    """Forget what the governor has learnt (and the budget): the next context starts afresh (benchmarks, tests)."""
-    global _governor, _budget
-    _governor, _budget = None, None
+    """Forget what the governors have learnt (and the budget): the next context starts afresh (benchmarks, tests)."""
+    global _governor, _budget, _blas_governor
+    _governor, _budget, _blas_governor = None, None, None
 
 
 def _blas_controller() -> Any:
@@ -184,10 +196,75 @@ def _leave(depth: int) -> None:
         _governor.stop()
 
 
+@contextlib.contextmanager
+def blas_threads() -> Iterator[None]:
+    """BLAS threads its own GEMMs, as many as the CPUs we may use leave free (an MLP's passes; nests).
+
+    The count is ``$DNNSPEC_THREADS`` when set, else the :class:`BlasGovernor`'s: the CPU
+    budget, and fewer while a neighbour takes a CPU (OpenBLAS's threads wait for each other at
+    every GEMM: beside one busy process an MLP epoch took 2-20 times its time with one thread).
+    The outermost entry sets it (when it differs from BLAS's own count: a container limited to
+    one CPU on a large host gets 1, not the host's cores), :func:`step` may change it between
+    training steps, and the last exit restores BLAS's own count. Inside :func:`own_threads`
+    BLAS stays single-threaded and this does nothing.
+    """
+    global _bdepth, _bfixed, _blimit, _bk
+    with _lock:
+        outer = _bdepth == 0
+        fixed = requested() if outer else _bfixed  # a bad value raises before anything changed
+        _bdepth += 1
+        if outer:
+            _bfixed = fixed
+    try:
+        if outer and not _depth:
+            _set_blas(fixed or blas_governor().start(threading.get_ident()))
+        yield
+    finally:
+        with _lock:
+            _bdepth -= 1
+            last = _bdepth == 0
+        if last:
+            if _blas_governor is not None:
+                _blas_governor.stop()
+            if _blimit is not None:
+                _blimit.restore_original_limits()
+            _blimit, _bk = None, None
+
+
+def blas_governor() -> BlasGovernor:
+    """The process's BLAS-thread governor (created on first use)."""
+    global _blas_governor
+    if _blas_governor is None:
+        _blas_governor = BlasGovernor(budget(), meter=meter())
+    return _blas_governor
+
+
+def _current_blas() -> int | None:
+    """The thread count of the BLAS libraries threadpoolctl found (~2 µs): one number, 0 when they differ
+    (SciPy's OpenBLAS beside NumPy's), None when there is none."""
+    controller = _blas_controller()
+    counts = {lib["num_threads"] for lib in controller.info() if lib.get("user_api") == "blas"} if controller else set()
+    return (counts.pop() if len(counts) == 1 else 0) if counts else None
+
+
+def _set_blas(k: int) -> None:
+    """BLAS to ``k`` threads (through threadpoolctl), unless it runs that many already; not inside own_threads."""
+    global _bk, _blimit
+    current = _bk if _bk is not None else _current_blas()
+    if _depth or k == current or current is None:
+        return
+    limiter = _blas_controller().limit(limits=k, user_api="blas")
+    if _blimit is None:
+        _blimit = limiter  # its originals are BLAS's own count, restored when the last context ends
+    _bk = k
+
+
 def step() -> None:
     """Mark the start of a training step (``Net.loss_and_grads``): the governor's clock and switch point."""
     global _k
     if not _depth:
+        if _bdepth and _bfixed is None and _blas_governor is not None:
+            _set_blas(_blas_governor.step(threading.get_ident()))
         return
     if training_started() and _crew is not None:
         _crew.renew()  # machine-code workers from now on (crew.py); evaluation alone never loads numba
@@ -208,7 +285,9 @@ def active() -> bool:
 def _forget_pool_after_fork() -> None:
     """In a forked child the pool's threads do not exist: start afresh (else a submit would wait forever)."""
     global _crew, _lock, _depth, _k, _governor, _budget, _limit, _meter
+    global _bdepth, _bk, _bfixed, _blimit, _blas_governor
     _crew, _lock, _depth, _k, _governor, _budget, _limit = None, threading.Lock(), 0, 1, None, None, None
+    _bdepth, _bk, _bfixed, _blimit, _blas_governor = 0, None, None, None, None
     _meter = None
     meter()  # the child's CPU time starts at 0: a window from here
 
@@ -492,5 +571,87 @@ class Governor:
         self.probing, self.since_probe = None, 0.0
 
 
-__all__ = ["ENV", "MATMUL_MIN", "PARALLEL_MIN", "Governor", "active", "budget", "copy", "governor",
+class BlasGovernor:
+    """The BLAS thread count of a network that keeps BLAS's own threads (an MLP; :func:`blas_threads`).
+
+    It asks its :class:`~dnnspec.engine.cpus.CpuMeter` how much CPU time others took on our
+    CPUs, ``free = min(budget, ncpus - others)``, at the first training step of a context (the
+    window then spans what came just before: loading data, the last validation; a window over
+    STALE seconds may mix a neighbour long gone with the present, so it only takes a thread away,
+    and only when others took more than STALE_BUSY of a CPU throughout), FIRST seconds into the
+    steps and every PERIOD seconds of steps after, and:
+
+    * drops to ``floor(free + DOWN)`` threads when that is fewer than now: with the defaults,
+      from 2 to 1 on a 2-CPU budget once others take more than half a CPU (a neighbour busy
+      beside OpenBLAS's two spinning threads gets only ~0.6-0.7 of its core, so this must
+      stay well under 1);
+    * comes back up to ``floor(free + UP)`` when that is more: to 2 once others take less
+      than a quarter of a CPU. Between the two nothing moves: a load that hovers does not
+      flip the count.
+
+    It starts at the budget (as BLAS's own threads did) and never probes: OpenBLAS's sgemm
+    rounds differently with 1 and 2 threads, so every switch changes the last bits of the run.
+    A run on a machine where others stay under half a CPU runs the budget throughout and
+    reproduces bit for bit; one that met a busy neighbour does not (``$DNNSPEC_THREADS`` fixes
+    the count, and the bits).
+    """
+
+    FIRST, PERIOD, STALE, STALE_BUSY, DOWN, UP = 0.05, 0.25, 1.0, 0.75, 0.5, 0.25
+
+    def __init__(self, top: int, clock: Callable[[], float] = time.perf_counter, meter: Any = None):
+        self.top = max(1, top)
+        self.clock = clock
+        self.meter = meter if meter is not None else (cpus.CpuMeter() if self.top > 1 else None)
+        self.k = self.top
+        self.owner: int | None = None
+        self.last: float | None = None
+        self.since_sample, self.wait, self.fresh = 0.0, self.FIRST, True
+        self.others = 0.0
+        self.history: list[tuple[int, float]] = []  # (new count, others then)
+        self.steps: dict[int, int] = {}  # training steps run at each count
+
+    def start(self, owner: int) -> int:
+        """An outermost context begins (an epoch, or an evaluation): the count to run at (no reading here)."""
+        self.owner, self.last, self.fresh = owner, None, True
+        return self.k
+
+    def stop(self) -> None:
+        self.owner, self.last = None, None  # the time between contexts (validation, checkpoints) is no step
+
+    def step(self, owner: int) -> int:
+        """A training step begins: count the last one's time, ask the meter when due; the count for this step."""
+        if owner != self.owner or self.top == 1 or self.meter is None:
+            return self.k
+        if self.fresh:  # the first step of a context: the window before it, unless stale
+            self.fresh, self.since_sample, self.wait = False, 0.0, self.FIRST
+            window = self.meter.window()
+            self._sample(stale=window is not None and window > self.STALE)
+        now = self.clock()
+        if self.last is not None:
+            self.since_sample += now - self.last
+        self.last = now
+        if self.since_sample >= self.wait:
+            self._sample()
+        self.steps[self.k] = self.steps.get(self.k, 0) + 1
+        return self.k
+
+    def _sample(self, stale: bool = False) -> None:
+        """Ask the meter and move the count. A ``stale`` window only moves it down, and only for a neighbour
+        that took most of a CPU throughout (STALE_BUSY); the next answer then comes FIRST s later."""
+        others = self.meter.sample()
+        if others is None:  # too soon after the last sample (or no /proc/stat): ask again at the next step
+            return
+        if stale:
+            if others <= self.STALE_BUSY:
+                return  # the window restarted: the first answer of our own comes FIRST seconds into the steps
+        self.since_sample, self.wait, self.others = 0.0, self.wait if stale else self.PERIOD, others
+        free = min(self.top, self.meter.ncpus - others)
+        down, up = math.floor(free + self.DOWN), math.floor(free + self.UP)
+        k = max(1, min(self.top, down if down < self.k else self.k if stale else max(up, self.k)))
+        if k != self.k:
+            self.history.append((k, others))
+            self.k = k
+
+__all__ = ["ENV", "MATMUL_MIN", "PARALLEL_MIN", "BlasGovernor", "Governor", "active", "blas_governor",
+           "blas_threads", "budget", "copy", "governor",
            "levels", "matmul", "own_threads", "parallel", "pieces", "requested", "reset", "step", "threads"]
