@@ -12,6 +12,10 @@ briefly inside a pass:
 * :func:`matmul` is ``np.matmul`` cut into a fixed number of pieces (see below);
 * :func:`copy` is a layout-changing copy (optionally adding a broadcast array) split along axis 0.
 
+Networks without convolutions (MLPs) keep BLAS's own threads, whose GEMMs beat the split
+ones there, inside :func:`blas_threads`: BLAS gets the CPU budget, and one thread fewer
+while a neighbour takes a CPU (:class:`BlasGovernor`).
+
 **How many threads.** The budget is the CPUs this process may really use
 (:func:`dnnspec.engine.cpus.cpu_budget`: affinity mask and cgroup CPU quota, at most 8).
 ``$DNNSPEC_THREADS=N`` fixes the count at N. Otherwise a :class:`Governor` picks the
