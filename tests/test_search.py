@@ -231,3 +231,24 @@ def test_resume_refuses_another_search(tmp_path, capsys):
 def test_example_space_checks(capsys):
     assert main(["search", str(ROOT / "specs" / "search" / "spirals.dnn"), "--strategy", "grid", "--check-only"]) == 0
     assert "16 candidates, 0 invalid" in capsys.readouterr().out
+
+
+def test_trials_start_costliest_first_and_rows_stay_in_index_order(tmp_path):
+    """Jobs go to the backend by FLOPs per example, largest first (the workers then finish together);
+    the rung's rows come back in candidate order whatever order they finished in."""
+    cands = [runner.Candidate(i, (), f"# trial {i}\n", None, 10, flops) for i, flops in enumerate([5, 40, 20, 40])]
+
+    class Backend:
+        def where(self):
+            return "a fake backend"
+
+        def map(self, jobs):
+            self.order = [j["index"] for j in jobs]
+            for j in reversed(jobs):  # finishing in another order than submitted
+                yield {"index": j["index"], "epochs": j["epochs"], "accuracy": j["index"] / 10}
+
+    backend = Backend()
+    r = runner.Runner(cands, runner.Settings(out=tmp_path), backend)
+    rows = r.rung([0, 1, 2, 3], epochs=1)
+    assert backend.order == [1, 3, 2, 0]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]

@@ -258,6 +258,10 @@ class Runner:
     def rung(self, indices: list[int], epochs: int) -> list[dict]:
         """Train ``indices`` to ``epochs`` epochs (in parallel); their result rows, in index order."""
         jobs = [j for j in (self._job(i, epochs) for i in indices) if j is not None]
+        # the costliest first (FLOPs per example; the same epochs and data for all): the last trials to
+        # start are then the short ones, and the workers finish closer together (a grid lists its widest
+        # candidates last). Results do not depend on the order: each trial has its own seed and folder.
+        jobs.sort(key=lambda j: (-self.cands[j["index"]].flops, j["index"]))
         if jobs:
             self._say(f"training {len(jobs)} trials for {epochs} epochs on {self.backend.where()}")
             with contextlib.closing(self.backend.map(jobs)) as rows:
