@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,31 @@ def test_trials_start_costliest_first_and_rows_stay_in_index_order(tmp_path):
     rows = r.rung([0, 1, 2, 3], epochs=1)
     assert backend.order == [1, 3, 2, 0]
     assert [row["index"] for row in rows] == [0, 1, 2, 3]
+
+
+def test_workers_take_the_folder_and_variables_of_each_search(tmp_path, monkeypatch):
+    """The fork server outlives one search: a second search in this process, from another folder, with a
+    relative --out and another DNNSPEC_ variable, runs its trials there and with it."""
+    spec = _spec(tmp_path, SMALL)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+    assert main(["search", spec, "--out", "s", "--limit", "200", "--strategy", "grid", "--epochs", "1",
+                 "--workers", "2", "--trials", "2"]) == 0
+    monkeypatch.chdir(second)
+    monkeypatch.setenv("DNNSPEC_FUSED", "0")
+    assert main(["search", spec, "--out", "s", "--limit", "200", "--strategy", "grid", "--epochs", "1",
+                 "--workers", "2", "--trials", "2"]) == 0
+    assert _board(first / "s") == _board(second / "s")  # the same bits on both paths, in each folder
+    assert len(list((second / "s" / "trials").glob("*.json"))) == 4
+
+
+def test_a_local_trial_runs_in_its_submissions_folder_and_environment(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(runner, "_trial", lambda job: seen.update(
+        cwd=os.getcwd(), fused=os.environ.get("DNNSPEC_FUSED"), threads=os.environ.get("DNNSPEC_THREADS")) or {})
+    monkeypatch.chdir(ROOT)  # restored after the test, as _local_trial moves this process
+    monkeypatch.setenv("DNNSPEC_FUSED", "1")  # the worker's own, stale value: dropped
+    monkeypatch.delenv("DNNSPEC_THREADS", raising=False)
+    runner._local_trial({"cwd": str(tmp_path), "env": {"DNNSPEC_THREADS": "1"}})
+    assert seen == {"cwd": str(tmp_path), "fused": None, "threads": "1"}
