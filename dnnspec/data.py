@@ -498,16 +498,41 @@ OPTIONS: dict[str, dict[str, Option]] = {
 MAX_GENERATED_BYTES = 1 << 30
 
 
+#: Built-in sets already read by this process, when :func:`keep_builtins` asked for it (search workers).
+_kept: dict[tuple, Dataset] | None = None
+
+
+def keep_builtins() -> None:
+    """Read each built-in set once in this process and hand out the same read-only arrays after.
+
+    For ``dnnspec search`` workers, which train trial after trial on the same set: decompressing
+    Fashion-MNIST took 0.24 s of a 1.2 s trial. The arrays are made read-only, so a write into
+    them anywhere raises instead of changing the next trial's data.
+    """
+    global _kept
+    if _kept is None:
+        _kept = {}
+
+
 def _read_builtin(name: str, opts: dict[str, str], data_dir: str | os.PathLike | None) -> Dataset:
     allowed = tuple(OPTIONS[name])
     bad = sorted(set(opts) - set(allowed))
     if bad:
         takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
         raise DataError(f"{name}: unknown option '{bad[0]}'; {name} {takes}")
+    key = (name, tuple(sorted(opts.items())), str(data_dir) if data_dir is not None else None)
+    if _kept is not None and key in _kept:
+        return _kept[key]
     if name == "fashion-mnist":
-        return fashion_mnist(data_dir)
-    maker = {"spirals": spirals, "moons": moons, "blobs": blobs, "digits": digits}[name]
-    return maker(**opts)
+        data = fashion_mnist(data_dir)
+    else:
+        data = {"spirals": spirals, "moons": moons, "blobs": blobs, "digits": digits}[name](**opts)
+    if _kept is not None:
+        for value in vars(data).values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+        _kept[key] = data
+    return data
 
 
 def _checked(name: str, **values: Any) -> tuple[Any, ...]:

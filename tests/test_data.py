@@ -318,3 +318,19 @@ def test_checks_accept_good_labels():
     assert r.y_train.dtype == np.float32 and r.y_train.shape == (3, 2)
     one = check_data(mem(np.zeros((3, 3)), np.ones(3)), reg_model(targets=1))
     assert one.y_train.shape == (3, 1)
+
+
+def test_search_workers_read_each_builtin_set_once_and_read_only(monkeypatch):
+    """data.keep_builtins (search workers): the same arrays for the same set and options, read-only, so no
+    trial can change the next one's data; other options are another entry; without it, fresh arrays."""
+    model = ir.model_from_layers((2,), [("dense", {"units": 3}), ("softmax", {})])
+    fresh = [data.read_source("blobs", model) for _ in range(2)]
+    assert fresh[0].x_train is not fresh[1].x_train and fresh[0].x_train.flags.writeable
+    monkeypatch.setattr(data, "_kept", None)
+    data.keep_builtins()
+    a, b = data.read_source("blobs", model), data.read_source("blobs", model)
+    assert a is b and not a.x_train.flags.writeable and not a.y_train.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        a.x_train[0, 0] = 1.0
+    assert data.read_source("blobs:n=300", model) is not a
+    np.testing.assert_array_equal(a.x_train, fresh[0].x_train)

@@ -151,8 +151,10 @@ def check_report(cands: list[Candidate], picked: int) -> list[str]:
 
 def _trial(job: dict) -> dict:
     """Worker: train one candidate for ``job['epochs']`` epochs into its run folder; its result row."""
+    from .. import data
     from ..commands import train
 
+    data.keep_builtins()  # this worker trains trial after trial on the same set: read it once
     run = Path(job["run"])
     parser = argparse.ArgumentParser()  # train's own flags and defaults: a flag added there is never missing here
     train.add_arguments(parser)
