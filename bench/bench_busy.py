@@ -72,6 +72,12 @@ def load(n: int) -> tuple[np.ndarray, np.ndarray, str]:
 # --- one epoch of the engine -------------------------------------------------------------------
 
 
+def before_governor(net_class: type) -> type:
+    """The MLP's path before the BLAS governor: a Net whose passes leave BLAS's threads as they are
+    (OpenBLAS's own count, or the caller's threadpool limit), whatever the load."""
+    return type("BlasNet", (net_class,), {"own_threads": False, "threads": lambda self: contextlib.nullcontext()})
+
+
 def engine_epoch(net_name: str, x: np.ndarray, y: np.ndarray, config: str, cap: float) -> tuple[float, str]:
     """Seconds of one epoch in ``config`` ("fixed N", "auto", "blas N"), and a note (the governor's share)."""
     from threadpoolctl import threadpool_limits
@@ -88,9 +94,7 @@ def engine_epoch(net_name: str, x: np.ndarray, y: np.ndarray, config: str, cap: 
     threads.reset()
     net = dnnspec.compile(SPECS[net_name], seed=0)
     if kind == "blas":
-        # the MLP's path before the BLAS governor: BLAS's own threads, fixed at N, whatever the load
-        net = type("BlasNet", (Net,), {"own_threads": False, "threads": lambda self: contextlib.nullcontext()})(
-            net.model, seed=0)
+        net = before_governor(Net)(net.model, seed=0)
     opt = Adam(net.params, net.trainable, lr=1e-3)
     limit = threadpool_limits(int(count), "blas") if kind == "blas" else None
     try:
@@ -272,7 +276,7 @@ def quiet_ab(x: np.ndarray, y: np.ndarray, rounds: int) -> None:
     os.environ.pop(threads.ENV, None)
     threads.reset()
     model = dnnspec.compile(SPECS["mlp"], seed=0).model
-    today = type("BlasNet", (Net,), {"own_threads": False, "threads": lambda self: contextlib.nullcontext()})
+    today = before_governor(Net)
     nets = {"today": today(model, seed=0), "auto": Net(model, seed=0)}
     opts = {k: Adam(n.params, n.trainable, lr=1e-3) for k, n in nets.items()}
     for k in nets:  # warm-up: numba, buffers

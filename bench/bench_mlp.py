@@ -254,10 +254,8 @@ def main() -> int:
     rss: list[float] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # before any training
     # Warm-up, as JAX compiles before anything is timed: a throwaway net trains on every batch shape of an
     # epoch once, so the compiled kernels are loaded (from numba's cache) before the timed epochs.
-    head = BATCH + len(x) % BATCH if len(x) % BATCH else BATCH
-    warm = ir.model_from_layers((784,), layers, optimizer="adam", optimizer_options={"lr": 1e-3},
-                                train={"epochs": 1, "batch": BATCH, "validation": 0.0, "seed": 0}, scale=1 / 255)
-    fit(Net(warm), x[:head], y[:head], progress=False)
+    head = BATCH + len(x) % BATCH  # a full batch and the epoch's short one (if any)
+    fit(Net(model), x[:head], y[:head], epochs=1, progress=False)
     net = Net(model)
     orders = np.random.default_rng(1)  # the peers' batch order: one permutation per round, the same for each
     rounds: list[dict[str, float]] = []

@@ -4,9 +4,9 @@
         rows = list(tasks.map(jobs))        # a local Ray instance on 127.0.0.1 with 2 CPUs
 
 Each trial is one task (``num_cpus=1``) running ``trial(job)``, the function the local
-workers run, with the same thread budget: ``env`` (one BLAS and one engine thread) goes in
-the task's ``runtime_env``, so its Ray worker process starts with it, before NumPy loads;
-the driver's other ``DNNSPEC_*`` variables go along. The same job and seed give the same
+workers run, with the same thread budget: ``env`` (``runner.trial_env()``: the driver's
+``DNNSPEC_*`` variables, one BLAS and one engine thread) goes in the task's ``runtime_env``,
+so its Ray worker process starts with it, before NumPy loads. The same job and seed give the same
 bits as a local worker. Rows come back as dicts; the run folders are written by the tasks
 into ``--out`` themselves, so on a cluster ``--out`` (and the data) must be on a filesystem
 every node mounts at the driver's path; a task that cannot see it stops the search.
@@ -96,7 +96,6 @@ def connect(address: str | None, workers: int | None, out: Path, trial: Callable
             with _stderr_to(log) as keep_log:
                 _start_local(ray, workers or 1, log, temp) if temp else _join(ray, address, log, keep_log)
             stack.callback(_shutdown, ray, log)
-        env = {**{k: v for k, v in os.environ.items() if k.startswith("DNNSPEC_")}, **env}
         yield RayTasks(ray, trial, env, workers if address else None, _place(ray, address, workers))
 
 

@@ -192,8 +192,9 @@ def _score_key(row: dict) -> tuple:
 
 
 def trial_env() -> dict[str, str]:
-    """The variables a trial's process starts with, before it imports NumPy: one BLAS and one engine thread."""
-    return {k: "1" for k in THREAD_VARS}
+    """The variables a trial runs with: this process's ``DNNSPEC_*`` ones, then one BLAS and one engine thread
+    (set before a trial's process imports NumPy)."""
+    return {**{k: v for k, v in os.environ.items() if k.startswith("DNNSPEC_")}, **{k: "1" for k in THREAD_VARS}}
 
 
 @contextlib.contextmanager
@@ -252,7 +253,7 @@ class LocalPool:
     def map(self, jobs: list[dict]) -> Iterator[dict]:
         """``_trial`` of each job; rows in job order, each as soon as it and those before it are done."""
         with _single_threaded():  # map submits every job now, which starts the workers: with this env
-            here = {"cwd": os.getcwd(), "env": {k: v for k, v in os.environ.items() if k.startswith("DNNSPEC_")}}
+            here = {"cwd": os.getcwd(), "env": trial_env()}
             pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
             rows = pool.map(_local_trial, [{**job, **here} for job in jobs])
         try:
