@@ -165,6 +165,10 @@ def test_env_with_a_bad_value_is_a_usage_error(monkeypatch, value):
         with threads.own_threads():
             pass
     assert threads._depth == 0
+    with pytest.raises(UsageError, match=r"\$DNNSPEC_THREADS is .*expected a whole number of threads >= 1, or auto"):
+        with threads.blas_threads():  # an MLP's passes: the same one line, nothing left changed
+            pass
+    assert threads._bdepth == 0 and threads._bk is None
 
 
 # --- the governor, with a fake clock, fake step times and a fake meter -------------------------------
