@@ -426,6 +426,114 @@ def test_pools_match_onnxruntime(case):
         np.testing.assert_allclose(op.forward(x, {}, False, None), ref, atol=1e-5)
 
 
+# --- the Winograd path: 3x3 stride-1 "rows" convolutions in training, with numba ------------
+
+needs_winograd = pytest.mark.skipif(conv.winograd_kernels() is None,
+                                    reason="the Winograd transforms need numba (the fast extra)")
+
+WINOGRAD_CASES = [
+    # in_shape, filters, padding, bias
+    ((4, 7, 6), 5, "same", True),     # odd and even sizes: partial tiles
+    ((5, 9, 10), 3, "valid", False),  # the input gradient's grid has more tiles than the output's
+    ((6, 4, 5), 4, 2, True),          # padding 2: more output tiles than input tiles
+    ((8, 12, 12), 6, "same", False),  # whole tiles
+    ((6, 3, 3), 2, 1, True),          # smaller than one tile
+]
+
+
+def winograd_op(case, dtype=np.float64):
+    in_shape, filters, padding, bias = case
+    op, layer = make_op("conv2d", in_shape, dtype, filters=filters, kernel=3, padding=padding, bias=bias)
+    assert op.layout == "rows" and op.winograd
+    return op, layer
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_forward_matches_naive_loops_and_gradients_finite_differences(case):
+    rng = np.random.default_rng(20)
+    op, layer = winograd_op(case)
+    params = conv_params(layer, rng)
+    x = rng.standard_normal((3,) + case[0])
+    y = op.forward(x, params, True, None)
+    assert op._saved[0] == "winograd"
+    ref = naive_conv(x, params["conv1.kernel"], params.get("conv1.bias"), (1, 1), case[2])
+    np.testing.assert_allclose(y, ref, rtol=1e-11, atol=1e-11)
+    check_grads(op, x, params, rng)  # float64 finite differences through the tiles
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_float32_agrees_with_the_plain_path(case, monkeypatch):
+    """The float32 tiles round differently from one 9*C-tap product, and no more than that."""
+    rng = np.random.default_rng(21)
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(conv.Conv2D, "use_winograd", use)
+        op, layer = winograd_op(case, np.float32)
+        params = {k: v.astype(np.float32) for k, v in conv_params(layer, np.random.default_rng(22)).items()}
+        x = rng.standard_normal((5,) + case[0]).astype(np.float32) if not results else results[0][0]
+        y = op.forward(x, params, True, None).copy()
+        assert (op._saved[0] == "winograd") == use
+        dy = np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape)
+        grads: dict[str, np.ndarray] = {}
+        dx = op.backward(dy, params, grads).copy()
+        results.append((x, y, dx, grads))
+    (_, y0, dx0, g0), (_, y1, dx1, g1) = results
+    for got, want in [(y0, y1), (dx0, dx1)] + [(g0[k], g1[k]) for k in g1]:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@needs_winograd
+def test_winograd_runs_groups_and_numpy_products_agree(monkeypatch):
+    """One run per example in three groups, and the NumPy-matmul products (a BLAS without ILP64
+    cblas), give what two runs and the direct BLAS calls give, to rounding; need_dx False skips dx."""
+    rng = np.random.default_rng(23)
+    case = ((6, 10, 9), 4, "same", True)
+    x = rng.standard_normal((7,) + case[0])
+    dy = rng.standard_normal((7, 4, 10, 9))
+    outs = []
+    for runs_bytes, groups, direct in ((1 << 19, 2, True), (1, 3, True), (1, 3, False)):
+        monkeypatch.setattr(conv.Conv2D, "WINOGRAD_RUN_BYTES", runs_bytes)
+        monkeypatch.setattr(conv.threads, "pieces", lambda groups=groups: groups)
+        if not direct:
+            monkeypatch.setattr(conv, "_direct_gemm", lambda dtype: (0, None))
+        op, layer = winograd_op(case)
+        params = conv_params(layer, np.random.default_rng(24))
+        y = op.forward(x, params, True, None).copy()
+        grads: dict[str, np.ndarray] = {}
+        dx = op.backward(dy, params, grads).copy()
+        op.need_dx = False
+        op.forward(x, params, True, None)
+        only: dict[str, np.ndarray] = {}
+        assert op.backward(dy, params, only) is None
+        for k in grads:
+            np.testing.assert_array_equal(only[k], grads[k])
+        outs.append((y, dx, grads))
+    for y, dx, grads in outs[1:]:
+        np.testing.assert_allclose(y, outs[0][0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, outs[0][1], rtol=1e-12, atol=1e-12)
+        for k in grads:
+            np.testing.assert_allclose(grads[k], outs[0][2][k], rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_only_in_training_and_not_with_fused_off(monkeypatch):
+    """Evaluation (and so export parity and serving) keeps the plain product; $DNNSPEC_FUSED=0 too."""
+    rng = np.random.default_rng(25)
+    op, layer = winograd_op(((4, 6, 6), 3, "same", True))
+    params = conv_params(layer, rng)
+    x = rng.standard_normal((2, 4, 6, 6))
+    op.forward(x, params, False, None)
+    assert op._saved[0] != "winograd"
+    monkeypatch.setenv("DNNSPEC_FUSED", "0")
+    op.forward(x, params, True, None)
+    assert op._saved[0] != "winograd"
+    for other in ({"stride": 2}, {"kernel": 5}, {"dilation": 2}, {"padding": 3}):
+        opts = {"filters": 3, "kernel": 3, "padding": "same", **other}
+        assert not make_op("conv2d", (4, 9, 9), **opts)[0].winograd, other
+
+
 # --- through Net --------------------------------------------------------------------------
 
 

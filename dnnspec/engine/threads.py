@@ -354,15 +354,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         return np.matmul(a, b, out=out)
     targets = [out]
     if kdim >= 32 * max(m, n):  # the reduction is long next to the output: split it
-        axis, bounds = "k", _bounds(kdim, p)
+        axis, cuts = "k", bounds(kdim, p)
         targets += [np.empty_like(out) for _ in range(p - 1)]
     else:
-        axis, bounds = ("m", _bounds(m, p)) if m >= n else ("n", _bounds(n, p))
-    direct = crew_blas().pieces(a, b, targets, axis, bounds)
+        axis, cuts = ("m", bounds(m, p)) if m >= n else ("n", bounds(n, p))
+    direct = crew_blas().pieces(a, b, targets, axis, cuts)
     if direct is not None:  # every piece of a product takes the same path: the two may round differently
         jobs: list[Any] = [[row] for row in direct]
     else:
-        jobs = [_matmul_job(a, b, targets, axis, i, lo, hi) for i, (lo, hi) in enumerate(bounds)]
+        jobs = [_matmul_job(a, b, targets, axis, i, lo, hi) for i, (lo, hi) in enumerate(cuts)]
     _run_pieces(jobs, p, _k)
     for part in targets[1:]:
         out += part
@@ -379,7 +379,7 @@ def _matmul_job(a: np.ndarray, b: np.ndarray, targets: list[np.ndarray], axis: s
     return lambda: np.matmul(a, b[..., lo:hi], out=targets[0][..., lo:hi])
 
 
-def _bounds(n: int, p: int) -> list[tuple[int, int]]:
+def bounds(n: int, p: int) -> list[tuple[int, int]]:
     """``p`` contiguous pieces of ``[0, n)``, as even as integers allow."""
     return [(n * i // p, n * (i + 1) // p) for i in range(p)]
 
@@ -407,11 +407,11 @@ def parallel_pieces(fn: Callable[..., Any], n: int, p: int, k: int | None = None
     Thread ``j`` runs pieces ``j, j + k, ...``; the caller runs thread 0's. ``indexed``
     passes the piece number first.
     """
-    bounds = _bounds(n, p)
+    cuts = bounds(n, p)
     if indexed:
-        jobs = [(lambda i=i, lo=lo, hi=hi: fn(i, lo, hi)) for i, (lo, hi) in enumerate(bounds)]
+        jobs = [(lambda i=i, lo=lo, hi=hi: fn(i, lo, hi)) for i, (lo, hi) in enumerate(cuts)]
     else:
-        jobs = [(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in bounds]
+        jobs = [(lambda lo=lo, hi=hi: fn(lo, hi)) for lo, hi in cuts]
     _run_pieces(jobs, p, p if k is None else k)
 
 
