@@ -367,6 +367,36 @@ def test_conv_feeding_a_tiling_maxpool_gives_the_plain_results(monkeypatch, conv
         np.testing.assert_allclose(g1[k], g0[k], err_msg=k, **tol)
 
 
+@pytest.mark.parametrize("conv,shape", [({"filters": 3, "kernel": 3, "padding": "same"}, (2, 8, 8)),   # unfold
+                                         ({"filters": 5, "kernel": 3, "padding": "same"}, (6, 8, 8))])  # rows
+def test_batch_norm_between_a_conv_and_its_pool_gives_the_numpy_bits_compiled(monkeypatch, conv, shape):
+    """The compiled batch-norm passes on a conv's window-major blocks ((C, M) and (N, kk, P, C)) do the
+    NumPy passes' arithmetic: forward, loss, gradients and running statistics to the bit."""
+    from dnnspec.engine import fused
+
+    if fused.kernels() is None:
+        pytest.skip("needs numba (the fast extra)")
+    model = ir.model_from_layers(shape, [("conv2d", conv), ("batchnorm", {}), ("relu", {}), ("maxpool", {"kernel": 2}),
+                                         ("flatten", {}), ("dense", {"units": 3}), ("softmax", {})])
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((6, *shape)).astype(np.float32), rng.integers(0, 3, 6)
+    results = []
+    for value in ("auto", "0"):
+        monkeypatch.setenv(fused.ENV, value)
+        net = Net(model, seed=2)
+        assert net.run_body[1].layout is not None  # the batch norm sits in the hand-over
+        loss, grads = net.loss_and_grads(x, y)
+        assert (net.run_body[1].compiled is not None) == (value == "auto")
+        results.append((loss, {k: v.copy() for k, v in grads.items()},
+                        {k: v.copy() for k, v in net.params.items() if "running" in k}))
+    (l0, g0, r0), (l1, g1, r1) = results
+    assert l0 == l1
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
+    for k in r0:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=k)
+
+
 def test_fused_conv_maxpool_pairs_match_finite_differences():
     """conv (unfold) -> relu -> maxpool -> conv (rows) -> relu -> maxpool -> dense, both pairs fused, float64."""
 

@@ -584,9 +584,9 @@ class BatchNorm(BufferedOp):
         self._update_running(params, mu.reshape(-1), var)
         scale = (gamma.reshape(-1) * self.inv_std).reshape(cs)
         y = self.buf("y", x.shape)
-        kernel = self.compiled = training_kernel(bn_kernel, ax == 1 and self.layout is None, xc)
-        if kernel is not None:  # y = xc*scale + beta in one pass (channels on axis 1)
-            _channel_pieces(kernel, (xc, y), (scale.reshape(-1), beta.reshape(-1)))
+        kernel = self.compiled = training_kernel(bn_kernel, True, xc)
+        if kernel is not None:  # y = xc*scale + beta in one pass
+            _channel_pieces(kernel, (xc, y), (scale.reshape(-1), beta.reshape(-1)), ax)
             return y
 
         def normalise(lo: int, hi: int) -> None:
@@ -630,7 +630,7 @@ class BatchNorm(BufferedOp):
         kernel = training_kernel(bn_grad_kernel, self.compiled is not None, dy)
         if kernel is not None:  # dx = dy*a + xc*b + c0 in one pass
             _channel_pieces(lambda d, x_, o, a_, b_, c_: kernel(d, x_, a_, b_, c_, o),
-                            (dy, xc, dx), (a.reshape(-1), b.reshape(-1), c0.reshape(-1)))
+                            (dy, xc, dx), (a.reshape(-1), b.reshape(-1), c0.reshape(-1)), self.ax)
             return dx
         tmp = self.buf("tmp", dy.shape)
         pc = _per_channel_piece(self.ax)
@@ -656,11 +656,26 @@ class BatchNorm(BufferedOp):
         return np.multiply(dy, self.scale, out=self.buf("dx", dy.shape))
 
 
-def _channel_pieces(kernel: Any, arrays: tuple[np.ndarray, ...], per_channel: tuple[np.ndarray, ...]) -> None:
-    """kernel(*arrays as (n, C, rest) views of rows lo..hi-1, *per_channel (C,)) over pieces of axis 0."""
-    n, c = arrays[0].shape[:2]
+def _channel_pieces(kernel: Any, arrays: tuple[np.ndarray, ...], per_channel: tuple[np.ndarray, ...],
+                    axis: int = 1) -> None:
+    """kernel(*arrays as (n, C, rest) views, *per_channel (C,) arrays) over pieces, on the engine's threads.
+
+    ``axis``: where the channels are. 1 (NCHW, or (N, F)): pieces of the examples. 0 (a
+    conv's window-major (C, M) blocks, Conv2D.feed_pool): pieces of the channels, each
+    (1, c, M). Last (the "rows" blocks (N, kk, P, C)): pieces of the rows of C values,
+    each (rows, C, 1).
+    """
+    first = arrays[0]
+    c = per_channel[0].size
+    if axis == 0:
+        parallel(lambda lo, hi: kernel(*[a[lo:hi].reshape(1, hi - lo, -1) for a in arrays],
+                                       *[p[lo:hi] for p in per_channel]), c, first.size)
+        return
+    if axis != 1:
+        arrays = tuple(a.reshape(-1, c) for a in arrays)
+    n = len(arrays[0])
     parallel(lambda lo, hi: kernel(*[a[lo:hi].reshape(hi - lo, c, -1) for a in arrays], *per_channel),
-             n, arrays[0].size)
+             n, first.size)
 
 
 def bn_kernel(xc, y, scale, beta):
