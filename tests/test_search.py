@@ -175,6 +175,23 @@ def test_leaderboard_is_the_same_for_one_and_two_workers(tmp_path, capsys):
     assert "best: trial" in capsys.readouterr().out
 
 
+def test_the_curves_are_drawn_by_a_fork_server_child_after_a_local_search(tmp_path, monkeypatch):
+    """The child (matplotlib imported there already) draws curves.png; the parent draws only where it failed."""
+    pytest.importorskip("matplotlib")
+    spec = _spec(tmp_path, SMALL)
+    assert _search(spec, tmp_path / "s", "--strategy", "grid", "--epochs", "1", "--workers", "1") == 0
+    assert runner._server_started  # a local search started the fork server
+    curves = tmp_path / "s" / "curves.png"
+    curves.unlink()
+    here = []
+    monkeypatch.setattr(runner, "_plot", lambda runs, path: here.append(path) or path)  # the parent's own drawing
+    runs = sorted((tmp_path / "s" / "trials").glob("[0-9][0-9][0-9][0-9]"))
+    assert runner._curves(runs, curves) == curves
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and here == []
+    (runs[0] / "history.csv").write_text("not,a\nhistory")  # the child fails: the parent tries, and reports
+    assert runner._curves(runs, curves) == curves and here == [curves]
+
+
 def _first_epoch_key(run: Path) -> tuple[float, float]:
     with open(run / "history.csv", newline="") as f:
         row = next(csv.DictReader(f))
