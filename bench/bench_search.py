@@ -1,9 +1,9 @@
 """Search throughput: trials per second with 1 and with K worker processes, in alternating rounds.
 
-    python bench/bench_search.py [--rounds 3] [--workers 2] [--limit 20000] [--epochs 6]
+    python bench/bench_search.py [--rounds 3] [--workers 2] [--limit 20000] [--epochs 6] [--widths 64,128,192,256]
 
 Each round runs ``dnnspec search`` twice on the same small space (a Fashion-MNIST MLP:
-width x batch norm or not x learning rate, 16 candidates, grid), once with one worker and once with K, in an
+width x batch norm or not x learning rate, 16 candidates by default, grid), once with one worker and once with K, in an
 order that alternates between rounds (the machine's speed drifts between minutes, so
 per-round ratios, taken within a minute, are what to compare). Reported per round: wall
 time of each command (start-up, checking, trials, leaderboard: what a user waits for),
@@ -32,7 +32,7 @@ input     image[1, 28, 28] scale=1/255
 classes   10
 layers {{
   flatten
-  dense choice(64, 128, 192, 256)
+  dense choice({widths})
   choose {{
     batchnorm
     none
@@ -76,13 +76,17 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="K, compared with one worker")
     p.add_argument("--limit", type=int, default=20000, help="training images per trial")
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial")
+    p.add_argument("--widths", default="64,128,192,256",
+                   help="the hidden layer's widths (comma-separated); trials = 4 x their count")
     args = p.parse_args()
-    trials = 16
+    widths = [int(w) for w in args.widths.split(",")]
+    trials = 4 * len(widths)
     ratios, rows = [], []
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp_name:
         tmp = Path(tmp_name)
         spec = tmp / "space.dnn"
-        spec.write_text(SPACE.format(data=data_source(tmp, args.limit), epochs=args.epochs))
+        spec.write_text(SPACE.format(data=data_source(tmp, args.limit), epochs=args.epochs,
+                                     widths=", ".join(map(str, widths))))
         for r in range(args.rounds):
             order = (1, args.workers) if r % 2 == 0 else (args.workers, 1)
             secs = {k: search(spec, tmp / f"r{r}_w{k}", k, args.limit) for k in order}
