@@ -190,6 +190,10 @@ def test_the_curves_are_drawn_by_a_fork_server_child_after_a_local_search(tmp_pa
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and here == []
     (runs[0] / "history.csv").write_text("not,a\nhistory")  # the child fails: the parent tries, and reports
     assert runner._curves(runs, curves) == curves and here == [curves]
+    from dnnspec import plots
+
+    monkeypatch.setattr(plots, "_have_matplotlib", lambda: False)  # found but not importable: no plot, no error
+    assert runner._curves(runs, curves) is None and here == [curves]
 
 
 def _first_epoch_key(run: Path) -> tuple[float, float]:

@@ -392,20 +392,27 @@ def write_results(out: Path, header: list[str], table: list[list[str]], best: Ca
         (out / "best.dnn").write_text(_best_text(best, space, out))
         written.append(out / "best.dnn")
     runs = [out / "trials" / row[1] for row in table if (out / "trials" / row[1] / "history.csv").exists()]
-    if runs and importlib.util.find_spec("matplotlib") is not None:
-        written.append(_curves(runs, out / "curves.png"))
+    if runs and importlib.util.find_spec("matplotlib") is not None:  # found without importing it here
+        curves = _curves(runs, out / "curves.png")
+        if curves is not None:
+            written.append(curves)
     return written
 
 
-def _curves(runs: list[Path], path: Path) -> Path:
+def _curves(runs: list[Path], path: Path) -> Path | None:
     """Every trial's curves in one plot, drawn by a child of the fork server when a local search of this
-    process started one (it imported matplotlib already: the search ends ~0.4 s sooner), else here."""
+    process started one (it imported matplotlib already: the search ends ~0.3 s sooner), else here;
+    None where matplotlib does not import (no plot, as without it)."""
     if _server_started:
         child = _context().Process(target=_plot_child, args=([str(r.resolve()) for r in runs], str(path.resolve())))
         child.start()
         child.join()
         if child.exitcode == 0:
             return path
+    from ..plots import _have_matplotlib
+
+    if not _have_matplotlib():
+        return None
     return _plot(runs, path)  # here, where an error is reported as usual
 
 
