@@ -175,7 +175,7 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool, b
             for split, style in (("train", "-"), ("val", "--")):
                 y = s[f"{split}_{key}"]
                 if np.isfinite(y).any():
-                    name = split if single else f"{label} {split}"
+                    name = split if single else f"{label} {split}"  # the legend of several: _runs_legend
                     ax.plot(s["epoch"], y, style, color=color if not single else None, marker=".", label=name)
     for key, ax in panels:
         ax.set_xlabel("epoch")
@@ -183,7 +183,10 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool, b
         ax.set_ylabel("loss" if key == "loss" else "accuracy")
         ax.set_title(("loss" if key == "loss" else "accuracy") + (f": {runs[0][0]}" if single else ""))
         ax.grid(True, alpha=0.3)
-    lr_ax = _mark_run(runs[0][1], dict(panels), best_epoch, test or {}) if single else None
+    if not single:
+        _runs_legend(panels[-1][1], [label for label, _ in runs])
+        return fig
+    lr_ax = _mark_run(runs[0][1], dict(panels), best_epoch, test or {})
     for key, ax in panels:
         handles, labels = ax.get_legend_handles_labels()
         if key == "loss" and lr_ax is not None:  # one legend for the loss and the learning rate
@@ -192,6 +195,17 @@ def curves_figure(runs: list[tuple[str, dict[str, np.ndarray]]], single: bool, b
         if handles:
             ax.legend(handles, labels, fontsize="small")
     return fig
+
+
+def _runs_legend(ax: Any, labels: list[str]) -> None:
+    """Several runs: one legend, on the last panel, with a colour per run and the two line styles once
+    (a legend per panel with an entry per run and split listed each run twice on both panels, and
+    drawing it took half of a 16-run plot's time)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{i % 10}", marker=".") for i in range(len(labels))]
+    handles += [Line2D([], [], color="0.4", linestyle="-"), Line2D([], [], color="0.4", linestyle="--")]
+    ax.legend(handles, [*labels, "train", "val"], fontsize="small", ncols=1 + len(labels) // 12)
 
 
 def _mark_run(s: dict[str, np.ndarray], panels: dict[str, Any], best_epoch: int | None,

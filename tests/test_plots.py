@@ -305,3 +305,16 @@ def test_plot_of_one_run_reads_its_best_epoch_and_test_result(tmp_path):
     marks = plots.read_marks(tmp_path / "run")
     assert marks["best_epoch"] == h.best_epoch and marks["test"] == h.test
     assert plots.read_marks(tmp_path) == {}  # not a run: no marks, no error
+
+
+def test_curves_of_several_runs_share_one_legend_a_colour_per_run():
+    """Several runs: one legend on the last panel (a colour per run, then the two line styles), none on the others."""
+    runs = [(f"r{i}", plots._series(history(epochs=3))) for i in range(3)]
+    fig = plots.curves_figure(runs, single=False)
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_legend() is None
+    legend = acc_ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["r0", "r1", "r2", "train", "val"]
+    colours = [h.get_color() for h in legend.legend_handles]
+    assert colours[:3] == ["C0", "C1", "C2"] and [h.get_linestyle() for h in legend.legend_handles[3:]] == ["-", "--"]
+    assert {ln.get_color() for ln in loss_ax.lines if ln.get_label().startswith("r1 ")} == {"C1"}

@@ -202,6 +202,30 @@ def _first_epoch_key(run: Path) -> tuple[float, float]:
     return -float(row["val_accuracy"]), float(row["val_loss"])
 
 
+def _in_server_child() -> tuple[bool, bool]:
+    from dnnspec.search import preload
+
+    return preload.in_fork_server(), "dnnspec.search.preload" in __import__("sys").modules
+
+
+def test_the_fork_server_starts_early_warm_and_knows_itself():
+    """start_server returns at once; what it forks imported the preload (matplotlib warmed, quick exit),
+    which only the server registers: in this process in_fork_server() is False."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dnnspec.search import preload, workers
+
+    if not workers.has_server():
+        pytest.skip("no fork server on this system")
+    t = time.perf_counter()
+    workers.start_server()
+    assert time.perf_counter() - t < 0.5  # the server imports in the background
+    with workers.single_threaded(), ProcessPoolExecutor(1, mp_context=workers.context()) as pool:
+        assert pool.submit(_in_server_child).result(timeout=120) == (True, True)
+    assert preload.in_fork_server() is False
+
+
 def test_halving_stops_the_weaker_half(tmp_path):
     spec = _spec(tmp_path, SMALL)
     out = tmp_path / "h"

@@ -84,15 +84,19 @@ def _settings_file(out: Path, args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import DataError
-    from ..frontend import read_spec
-    from ..search import runner, space
-
     _check_args(args)
     if args.backend == "ray":  # before any work: Ray installed, the address well-formed
         from ..search import ray_backend
 
         ray_backend.require(args.address)
+    elif not args.check_only:  # the workers' fork server imports what trials need while this process checks
+        from ..search import workers
+
+        workers.start_server()
+    from ..errors import DataError
+    from ..frontend import read_spec
+    from ..search import runner, space
+
     text = read_spec(args.spec)
     sp = space.read(text, args.spec)
     picked = runner.pick(sp, args.strategy, args.trials, args.seed)

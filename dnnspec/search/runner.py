@@ -27,7 +27,6 @@ import importlib.util
 import io
 import json
 import math
-import multiprocessing
 import os
 import re
 import warnings
@@ -41,13 +40,10 @@ import numpy as np
 
 from ..errors import DnnspecError, SpecError, UsageError
 from .space import Space
+from .workers import context, has_server, single_threaded, trial_env
 
 MAX_GRID_RUN = 10_000  # checking takes a few ms per candidate: a larger grid is sampled instead
-THREAD_VARS = ("DNNSPEC_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _server_started = False  # a local search of this process has started the fork server (LocalPool.map)
-#: What the fork server imports once for every worker (see _context).
-PRELOAD = ("numpy", "dnnspec.search.runner", "dnnspec.commands.train", "dnnspec.engine.fused_kernels",
-           "matplotlib.figure")
 
 
 @dataclass(frozen=True)
@@ -193,27 +189,6 @@ def _score_key(row: dict) -> tuple:
     return (-row["epochs"], -acc, loss, row["index"])
 
 
-def trial_env() -> dict[str, str]:
-    """The variables a trial runs with: this process's ``DNNSPEC_*`` ones, then one BLAS and one engine thread
-    (set before a trial's process imports NumPy)."""
-    return {**{k: v for k, v in os.environ.items() if k.startswith("DNNSPEC_")}, **{k: "1" for k in THREAD_VARS}}
-
-
-@contextlib.contextmanager
-def _single_threaded():
-    """Workers inherit one thread each (set before they import NumPy); the caller's env is restored."""
-    old = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update(trial_env())
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _local_trial(job: dict) -> dict:
     """``_trial`` in a local worker, in the submitting process's folder and with its ``DNNSPEC_*`` variables:
     a worker forked from the fork server has the server's, from when the first search of this process began."""
@@ -224,27 +199,8 @@ def _local_trial(job: dict) -> dict:
     return _trial(job)
 
 
-def _context() -> Any:
-    """Where the workers come from: a fork server (POSIX) that imported the trial's modules once, else ``spawn``.
-
-    Spawned workers each import NumPy, the engine, numba's kernels and matplotlib before their
-    first trial (~0.6 s), all at once, where their cores are wanted; forked from a server that
-    did it once they start in milliseconds (2 workers: a 16-trial search 0.5 s sooner, 1 worker
-    unchanged). The server is a fresh process started from this one's environment inside
-    ``_single_threaded`` (one BLAS thread), never a fork of this threaded process; a module
-    it cannot import (an extra not installed) is skipped. It lives as long as this process,
-    so each job carries the folder and ``DNNSPEC_*`` variables of its submission
-    (:func:`_local_trial`).
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
-    return ctx
-
-
 class LocalPool:
-    """The local backend: each rung's trials in a fresh process pool of ``workers`` processes (see _context)."""
+    """The local backend: each rung's trials in a fresh process pool of ``workers`` processes (see workers.context)."""
 
     def __init__(self, workers: int | None):
         self.workers = workers or 1
@@ -255,10 +211,10 @@ class LocalPool:
     def map(self, jobs: list[dict]) -> Iterator[dict]:
         """``_trial`` of each job; rows in job order, each as soon as it and those before it are done."""
         global _server_started
-        _server_started = "forkserver" in multiprocessing.get_all_start_methods()
-        with _single_threaded():  # map submits every job now, which starts the workers: with this env
+        _server_started = has_server()
+        with single_threaded():  # map submits every job now, which starts the workers: with this env
             here = {"cwd": os.getcwd(), "env": trial_env()}
-            pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
+            pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=context())
             rows = pool.map(_local_trial, [{**job, **here} for job in jobs])
         try:
             yield from rows
@@ -401,10 +357,10 @@ def write_results(out: Path, header: list[str], table: list[list[str]], best: Ca
 
 def _curves(runs: list[Path], path: Path) -> Path | None:
     """Every trial's curves in one plot, drawn by a child of the fork server when a local search of this
-    process started one (it imported matplotlib already: the search ends ~0.3 s sooner), else here;
+    process started one (matplotlib imported and warmed there: search/preload.py), else here;
     None where matplotlib does not import (no plot, as without it)."""
     if _server_started:
-        child = _context().Process(target=_plot_child, args=([str(r.resolve()) for r in runs], str(path.resolve())))
+        child = context().Process(target=_plot_child, args=([str(r.resolve()) for r in runs], str(path.resolve())))
         child.start()
         child.join()
         if child.exitcode == 0:
