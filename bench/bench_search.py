@@ -1,6 +1,7 @@
 """Search throughput: trials per second with 1 and with K worker processes, in alternating rounds.
 
     python bench/bench_search.py [--rounds 3] [--workers 2] [--limit 20000] [--epochs 6] [--widths 64,128,192,256]
+                                 [--pair]
 
 Each round runs ``dnnspec search`` twice on the same small space (a Fashion-MNIST MLP:
 width x batch norm or not x learning rate, 16 candidates by default, grid), once with one worker and once with K, in an
@@ -11,6 +12,11 @@ trials per second, and the ratio K-workers / 1-worker; the median ratio is the f
 (target on a 2-core machine: at least 1.8x with 2 workers). Also checked: the two
 leaderboards are the same file, byte for byte (trials are bit-reproducible whatever the
 worker count). Uses random data of Fashion-MNIST's shape when the set is missing.
+
+``--pair`` first measures the machine's ceiling: one ``dnnspec train`` of the space's costliest
+candidate alone against two at once, as trials run (one thread each), in alternating rounds.
+Where two cores share a cache or memory bandwidth that one process nearly fills, two
+independent trials get less than 2x, and so does the search.
 """
 
 from __future__ import annotations
@@ -70,6 +76,51 @@ def search(spec: Path, out: Path, workers: int, limit: int) -> float:
     return secs
 
 
+def pair(spec: Path, tmp: Path, limit: int, rounds: int) -> list[float]:
+    """The machine's own ceiling: one ``dnnspec train`` of a trial alone, then two at once, in alternating order.
+
+    Each is a candidate of the space (the widest, with batch norm) trained as a trial is (one BLAS and
+    one engine thread); the figure per round is 2 x alone / together, the speed-up that two
+    independent trials get from two cores here (start-up included, as each trial's is not).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+    from dnnspec.search import runner, space
+
+    sp = space.read(spec.read_text(), str(spec))
+    cands = runner.check_all(sp, runner.pick(sp, "grid", 10_000, 0))
+    widest = max(cands, key=lambda c: (c.flops, c.params))
+    one = tmp / "pair.dnn"
+    one.write_text(widest.text)
+    env = {**os.environ, **runner.trial_env()}
+
+    def cmd(out: str) -> list[str]:
+        return [sys.executable, "-m", "dnnspec", "train", str(one), "--limit", str(limit), "--out", str(tmp / out),
+                "--overwrite", "--progress", "none"]
+
+    def alone() -> float:
+        t = time.perf_counter()
+        subprocess.run(cmd("alone"), env=env, capture_output=True, check=True, timeout=900)
+        return time.perf_counter() - t
+
+    def together() -> float:
+        t = time.perf_counter()
+        procs = [subprocess.Popen(cmd(f"pair{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i in range(2)]
+        if any(p.wait(timeout=900) for p in procs):
+            sys.exit("bench_search --pair: a training failed")
+        return time.perf_counter() - t
+
+    ratios = []
+    for r in range(rounds):
+        secs = {}
+        for name in (("alone", "together") if r % 2 == 0 else ("together", "alone")):
+            secs[name] = alone() if name == "alone" else together()
+        ratios.append(2 * secs["alone"] / secs["together"])
+        print(f"pair round {r + 1}: one alone {secs['alone']:.1f} s, two at once {secs['together']:.1f} s "
+              f"-> {ratios[-1]:.2f}x", flush=True)
+    return ratios
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -78,6 +129,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial")
     p.add_argument("--widths", default="64,128,192,256",
                    help="the hidden layer's widths (comma-separated); trials = 4 x their count")
+    p.add_argument("--pair", action="store_true",
+                   help="first measure what two independent trials at once get from the cores (the ceiling)")
     args = p.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     trials = 4 * len(widths)
@@ -87,6 +140,11 @@ def main() -> int:
         spec = tmp / "space.dnn"
         spec.write_text(SPACE.format(data=data_source(tmp, args.limit), epochs=args.epochs,
                                      widths=", ".join(map(str, widths))))
+        if args.pair:
+            ceiling = pair(spec, tmp, args.limit, args.rounds)
+            print(f"two independent trials side by side: median {statistics.median(ceiling):.2f}x "
+                  f"(rounds {min(ceiling):.2f}-{max(ceiling):.2f}x): what the search's 2 workers can approach here",
+                  flush=True)
         for r in range(args.rounds):
             order = (1, args.workers) if r % 2 == 0 else (args.workers, 1)
             secs = {k: search(spec, tmp / f"r{r}_w{k}", k, args.limit) for k in order}
