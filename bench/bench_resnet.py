@@ -35,6 +35,10 @@ batch, the training-mode loss (batch statistics) and every parameter's gradient 
 compared (largest relative difference, tolerance 1e-9).
 
     python bench/bench_resnet.py [--rounds 5] [--steps 15] [--check] [--no-torch]
+    python bench/bench_resnet.py --ops [--rounds 6] [--steps 10]
+
+``--ops`` instead times the engine's ops by kind with one thread and with two, alternating in
+one process: where a second core saves time and where it does not.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +298,62 @@ def run_rounds(engine, torch_step, rounds: int, steps: int) -> tuple[list[float]
     return e_round, t_round
 
 
+def op_scaling(engine, rounds: int, steps: int) -> None:
+    """Per op kind, forward and backward: time per step with one thread and with two, alternating in one process.
+
+    ``$DNNSPEC_THREADS`` is set before each block of steps (the engine reads it when its
+    context is entered); every op's forward and backward are timed where the network calls
+    them. Prints, per kind: ms per step on 1 and 2 threads, the speed-up, and the ms that
+    the second thread fails to save (2-thread time less half the 1-thread time).
+    """
+    spent: dict[int, dict[str, float]] = {0: {}, 1: {}, 2: {}}  # 0: the untimed steps
+    now = [0]
+
+    def timed(op, which: str):
+        fn, kind = getattr(op, which), f"{type(op).__name__}{' (winograd)' if getattr(op, 'winograd', False) else ''}"
+        key = f"{kind} {which}"
+
+        def call(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                bucket = spent[now[0]]
+                bucket[key] = bucket.get(key, 0.0) + time.perf_counter() - t
+
+        setattr(op, which, call)
+
+    for op in engine.net.run_ops:
+        timed(op, "forward")
+        timed(op, "backward")
+    old = os.environ.get(threads.ENV)
+    total = {1: 0.0, 2: 0.0}
+    try:
+        for r in range(rounds):
+            for k in ((1, 2) if r % 2 == 0 else (2, 1)):
+                os.environ[threads.ENV] = str(k)
+                with engine.threads():
+                    now[0] = 0  # an untimed step first (the workers wake), its op times discarded
+                    engine()
+                    now[0] = k
+                    t = time.perf_counter()
+                    for _ in range(steps):
+                        engine()
+                    total[k] += time.perf_counter() - t
+    finally:
+        if old is None:
+            os.environ.pop(threads.ENV, None)
+        else:
+            os.environ[threads.ENV] = old
+    n = rounds * steps
+    print(f"per op kind, ms per step ({rounds} rounds of {steps} steps each, alternating 1 and 2 threads): "
+          f"whole step {total[1] / n * 1e3:.1f} / {total[2] / n * 1e3:.1f}")
+    print(f"{'op':32} {'1 thread':>9} {'2 threads':>9} {'speed-up':>9} {'not saved':>9}")
+    for key in sorted(spent[1], key=lambda key: -spent[1][key]):
+        a, b = spent[1][key] / n * 1e3, spent[2].get(key, 0.0) / n * 1e3
+        print(f"{key:32} {a:9.2f} {b:9.2f} {a / b if b else float('nan'):9.2f} {b - a / 2:9.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="rounds; each times both sides, alternating which first")
@@ -300,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     ap.add_argument("--check", action="store_true",
                     help="first compare logits, loss and gradients with PyTorch on dnnspec's weights (float64)")
+    ap.add_argument("--ops", action="store_true",
+                    help="instead: each op kind's time with one and with two threads, alternating in one process")
     args = ap.parse_args(argv)
 
     model = frontend.load(str(SPEC))
@@ -312,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1)
 
     engine = engine_stepper(model, x, y)
+    if args.ops:
+        op_scaling(engine, args.rounds, args.steps)
+        return
     torch_step = None if args.no_torch else torch_stepper(model, engine.net, x, y)
     e_round, t_round = run_rounds(engine, torch_step, args.rounds, args.steps)
     epoch = statistics.median(e_round) * batches
