@@ -298,6 +298,44 @@ def run_rounds(engine, torch_step, rounds: int, steps: int) -> tuple[list[float]
     return e_round, t_round
 
 
+_COPIER = """
+import sys, time, numpy as np
+a = np.ones(1 << 22, np.float32); b = np.empty_like(a)
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+end = time.perf_counter() + float(sys.argv[1])
+while time.perf_counter() < end:
+    np.copyto(b, a)
+"""
+
+
+def copy_bandwidth(seconds: float = 1.0) -> tuple[float, float]:
+    """GB/s (read + write) of 16 MB copies here, alone and while another process copies as well (one thread each)."""
+    import subprocess
+
+    a = np.ones(1 << 22, np.float32)
+    b = np.empty_like(a)
+
+    def rate() -> float:
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds / 2:
+            np.copyto(b, a)
+            n += 1
+        return 2 * a.nbytes * n / (time.perf_counter() - t) / 1e9
+
+    rate()  # pages touched
+    alone = rate()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    other = subprocess.Popen([sys.executable, "-c", _COPIER, str(seconds * 2)], stdout=subprocess.PIPE, env=env,
+                             text=True)
+    try:
+        other.stdout.readline()  # it copies from now on
+        shared = rate()
+    finally:
+        other.kill()
+        other.wait()
+    return alone, shared
+
+
 def op_scaling(engine, rounds: int, steps: int) -> None:
     """Per op kind, forward and backward: time per step with one thread and with two, alternating in one process.
 
@@ -326,8 +364,10 @@ def op_scaling(engine, rounds: int, steps: int) -> None:
     for op in engine.net.run_ops:
         timed(op, "forward")
         timed(op, "backward")
+    import resource
+
     old = os.environ.get(threads.ENV)
-    total = {1: 0.0, 2: 0.0}
+    total, cpu = {1: 0.0, 2: 0.0}, {1: 0.0, 2: 0.0}
     try:
         for r in range(rounds):
             for k in ((1, 2) if r % 2 == 0 else (2, 1)):
@@ -336,10 +376,12 @@ def op_scaling(engine, rounds: int, steps: int) -> None:
                     now[0] = 0  # an untimed step first (the workers wake), its op times discarded
                     engine()
                     now[0] = k
-                    t = time.perf_counter()
+                    t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
                     for _ in range(steps):
                         engine()
                     total[k] += time.perf_counter() - t
+                    r1 = resource.getrusage(resource.RUSAGE_SELF)
+                    cpu[k] += r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
     finally:
         if old is None:
             os.environ.pop(threads.ENV, None)
@@ -347,7 +389,11 @@ def op_scaling(engine, rounds: int, steps: int) -> None:
             os.environ[threads.ENV] = old
     n = rounds * steps
     print(f"per op kind, ms per step ({rounds} rounds of {steps} steps each, alternating 1 and 2 threads): "
-          f"whole step {total[1] / n * 1e3:.1f} / {total[2] / n * 1e3:.1f}")
+          f"whole step {total[1] / n * 1e3:.1f} / {total[2] / n * 1e3:.1f}, CPU time a step (all threads, "
+          f"getrusage) {cpu[1] / n * 1e3:.1f} / {cpu[2] / n * 1e3:.1f}")
+    alone, shared = copy_bandwidth()
+    print(f"a 16 MB copy (np.copyto) in this process: {alone:.1f} GB/s alone, {shared:.1f} GB/s while a second "
+          f"process copies too: what one core's passes leave to the other")
     print(f"{'op':32} {'1 thread':>9} {'2 threads':>9} {'speed-up':>9} {'not saved':>9}")
     for key in sorted(spent[1], key=lambda key: -spent[1][key]):
         a, b = spent[1][key] / n * 1e3, spent[2].get(key, 0.0) / n * 1e3
