@@ -342,15 +342,19 @@ class Scorer:
         return self.outputs_fn(x, batch or self.batch(), source)
 
     def batch(self) -> int:
-        """Rows per pass: as many as keep the widest layer's output within ACTIVATION_BUDGET (256..16384).
+        """Rows per pass: as many as keep the widest layer's output within ACTIVATION_BUDGET (256..16384),
+        and every layer's forward scratch within memory.EVAL_SCRATCH.
 
         Fewer, larger passes are faster (a 10,000-image MLP pass in one GEMM per layer);
-        the budget keeps a conv net's activations bounded.
+        the budgets keep a conv net's buffers bounded (fashion_resnet: 94 rows, where the
+        widest layer alone allowed 640, whose scratch took 1.8 GB).
         """
         if self.model is None:
             return EVAL_BATCH
+        from .memory import scratch_rows
+
         widest = max([math.prod(self.model.input.shape)] + [math.prod(la.out_shape) for la in self.model.layers])
-        return int(min(16384, max(256, ACTIVATION_BUDGET // (4 * max(widest, 1)))))
+        return int(min(16384, max(256, ACTIVATION_BUDGET // (4 * max(widest, 1))), scratch_rows(self.model)))
 
 
 def _engine_scorer(net: Any, name: str) -> Scorer:

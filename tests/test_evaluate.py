@@ -344,3 +344,19 @@ def dnnspec_compile(path):
     import dnnspec
 
     return dnnspec.compile(path)
+
+
+def test_evaluation_passes_keep_a_conv_nets_scratch_within_budget():
+    """The report's passes: the widest layer's rule (256..16384 rows) and every layer's forward scratch within
+    memory.EVAL_SCRATCH (a conv net's im2col and padded copies are many times its widest output)."""
+    from dnnspec import frontend, memory
+    from dnnspec.report import Scorer
+
+    conv = frontend.parse("input image[3, 64, 64]\nclasses 4\nlayers {\n  conv2d 64 kernel=3 padding=same\n"
+                          "  batchnorm\n  relu\n  conv2d 64 kernel=3 padding=same\n  relu\n  global_avgpool\n"
+                          "  dense 4\n  softmax\n}\n")
+    rows = Scorer("c", "classification", [], None, conv).batch()
+    per_row = memory.BYTES * memory._forward_elements(conv)
+    assert rows * per_row <= memory.EVAL_SCRATCH < (rows + 1) * per_row and rows < 256
+    mlp = frontend.parse("input [784]\nclasses 10\nlayers {\n  dense 256\n  relu\n  dense 10\n  softmax\n}\n")
+    assert Scorer("m", "classification", [], None, mlp).batch() == 16384  # an MLP's passes stay as large

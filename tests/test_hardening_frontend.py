@@ -245,7 +245,8 @@ def test_memory_estimate_bounds_what_the_engine_allocates(spec):
 
 
 def test_evaluation_chunks_shrink_to_fit_the_limit(monkeypatch):
-    """A network whose 2048-row evaluation would not fit is evaluated in smaller chunks, not refused."""
+    """Evaluation chunks keep their forward scratch within EVAL_SCRATCH, and within a quarter of the limit:
+    a network whose 2048-row evaluation would not fit is evaluated in smaller chunks, not refused."""
     from dnnspec.engine import trainer
     from dnnspec.engine.net import Net
 
@@ -253,12 +254,13 @@ def test_evaluation_chunks_shrink_to_fit_the_limit(monkeypatch):
             "  flatten\n  dense 10\n  softmax\n}\ntrain batch=32\n")
     monkeypatch.setenv(memory.ENV, "16GiB")
     m = frontend.parse(spec)
-    assert memory.eval_batch(m) == memory.EVAL_BATCH
-    monkeypatch.setenv(memory.ENV, "1GiB")
+    per_row = memory.BYTES * memory._forward_elements(m)
+    assert memory.eval_batch(m) == memory.EVAL_SCRATCH // per_row < memory.EVAL_BATCH  # the pass's own budget
+    monkeypatch.setenv(memory.ENV, "512MiB")
     rows = memory.eval_batch(m)
-    assert 32 <= rows < memory.EVAL_BATCH
-    assert rows * memory.BYTES * memory._forward_elements(m) <= 2**30 // 4
-    m = frontend.parse(spec)  # accepted at 1 GiB: its evaluation chunks shrink
+    assert 32 <= rows < memory.EVAL_SCRATCH // per_row
+    assert rows * per_row <= 2**29 // 4
+    m = frontend.parse(spec)  # accepted at 512 MiB: its evaluation chunks shrink
     net = Net(m, seed=0)
     calls = []
     real = net.evaluate
@@ -294,7 +296,7 @@ BIG = "input [100000]\nclasses 3\nlayers {\n  dense 100000\n  relu\n  dense 3\n 
 def test_memory_refusal_names_the_amount_and_the_layer(monkeypatch):
     monkeypatch.setenv(memory.ENV, "16GiB")
     d = _fast_error(BIG)
-    assert d.message.startswith("training this network needs about 264 GiB of memory at batch 32, more than the "
+    assert d.message.startswith("training this network needs about 261 GiB of memory at batch 32, more than the "
                                 "16 GiB of the limit DNNSPEC_MEMORY_LIMIT=16GiB; the largest part is layer dense1")
     assert d.span.line == 4 and "261 GiB" in d.hint
     assert frontend.parse(BIG, check_memory=False).layers[0].name == "dense1"
@@ -317,11 +319,11 @@ def test_check_and_train_refuse_what_does_not_fit(tmp_path):
     (tmp_path / "dense.dnn").write_text(HEAD + "layers {\n  dense 99999999999999999999999999\n  softmax\n}\n")
     r = _cli(["check", "big.dnn", "crop.dnn", "dense.dnn"], tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "big.dnn:4:3: error: training this network needs about 264 GiB" in r.stderr
+    assert "big.dnn:4:3: error: training this network needs about 261 GiB" in r.stderr
     assert "crop.dnn:4:8: error: crop padding: must be at most 4,096, found 100000" in r.stderr
     assert "dense.dnn:4:9: error: dense units: must be at most 1,000,000" in r.stderr
     r = _cli(["train", "big.dnn", "--out", "run"], tmp_path)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "needs about 264 GiB" in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "needs about 261 GiB" in r.stderr
     assert not (tmp_path / "run").exists()
 
 
