@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import multiprocessing.forkserver
 import os
 from typing import Any
 
@@ -71,6 +70,8 @@ def start_server() -> None:
     this process goes on (a search checks its candidates meanwhile). Returns at once."""
     if not has_server():
         return
+    import multiprocessing.forkserver  # POSIX only: after the check
+
     with single_threaded():
         context()
         multiprocessing.forkserver.ensure_running()
