@@ -548,3 +548,24 @@ def test_conv_batchnorm_maxpool_through_both_layouts_matches_finite_differences(
         else:
             assert rel_error(got, num) < 1e-6, name
     net.forward(x)  # evaluation mode through both layouts, running statistics
+
+
+def test_predict_and_evaluate_default_to_the_memory_bounded_evaluation_batch(monkeypatch):
+    """Without ``batch``, a conv net's passes take memory.eval_batch rows (its scratch within 256 MiB), not 1024."""
+    from dnnspec import frontend, memory
+
+    m = frontend.parse("input image[3, 64, 64]\nclasses 4\nlayers {\n  conv2d 32 kernel=3 padding=same\n  relu\n"
+                       "  global_avgpool\n  dense 4\n  softmax\n}\n")
+    rows = memory.eval_batch(m)
+    assert 1 < rows < 1024
+    net = Net(m, seed=0)
+    seen = []
+    run = net._run
+    monkeypatch.setattr(net, "_run", lambda ops, x, *a, **k: seen.append(len(x)) or run(ops, x, *a, **k))
+    x = np.random.default_rng(0).normal(size=(rows + 3, 3, 64, 64)).astype(np.float32)
+    labels = net.predict(x)
+    assert seen == [rows, 3] and labels.shape == (rows + 3,)
+    seen.clear()
+    assert net.evaluate(x, np.zeros(rows + 3, np.int64))["accuracy"] == float(np.mean(labels == 0))
+    assert seen == [rows, 3]
+    np.testing.assert_array_equal(net.predict(x, batch=7), labels)  # the same classes in other chunks

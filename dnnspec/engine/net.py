@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ir, registry
+from .. import ir, memory, registry
 from ..errors import DataError, Diagnostic, SpecError
 from . import base, threads
 from .init import init_param
@@ -418,8 +418,10 @@ class Net:
             return (z.reshape(len(z)) > 0).astype(np.int64)
         return z.argmax(axis=-1)
 
-    def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-        """Class ids (N,) for classification; outputs (N, targets) for regression."""
+    def predict(self, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """Class ids (N,) for classification; outputs (N, targets) for regression; ``batch`` rows a pass
+        (default :func:`dnnspec.memory.eval_batch`: 2048, fewer where their scratch would pass 256 MiB)."""
+        batch = batch or memory.eval_batch(self.model)
         if self.model.task.kind != "classification":
             return np.concatenate([self.forward(x[i:i + batch]) for i in range(0, len(x), batch)])
         out = np.empty(len(x), dtype=np.int64)
@@ -427,8 +429,9 @@ class Net:
             out[i:i + len(z)] = self.classify(z)
         return out
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch: int = 1024) -> dict[str, float]:
-        """Mean loss over all examples (evaluation mode) and, for classification, accuracy."""
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch: int | None = None) -> dict[str, float]:
+        """Mean loss over all examples (evaluation mode) and, for classification, accuracy; ``batch`` as predict's."""
+        batch = batch or memory.eval_batch(self.model)
         total, correct = 0.0, 0
         classify = self.model.task.kind == "classification"
         for i, z in self._batches(x, batch):
