@@ -186,3 +186,27 @@ def test_top_level_api_is_lazy():
     code = "import sys, dnnspec; dnnspec.Predictor; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_predict_without_a_batch_runs_bounded_calls(vector_model, monkeypatch):
+    """Without ``batch``: DEFAULT_BATCH rows per onnxruntime call (what it holds stays bounded), as the CLI."""
+    from dnnspec.commands import predict as predict_cmd
+    from dnnspec.export import predictor
+
+    net, path = vector_model
+    monkeypatch.setattr(predictor, "DEFAULT_BATCH", 16)
+    p = Predictor(path, threads=1)
+    calls = []
+    run = p._run
+    monkeypatch.setattr(p, "_run", lambda feeds, source: calls.append(len(next(iter(feeds.values()))))
+                        or run(feeds, source))
+    x = np.random.default_rng(1).normal(size=(40, 5)).astype(np.float32)
+    got = p.predict(x)
+    assert calls == [16, 16, 8]
+    np.testing.assert_array_equal(got, p.predict(x, batch=len(x)))  # the same rows in one call
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    predict_cmd.add_arguments(parser)
+    monkeypatch.undo()
+    assert parser.parse_args(["m.onnx", "x.npy"]).batch == predictor.DEFAULT_BATCH

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=".npy, .npz, .csv, IDX (*-ubyte[.gz]) or image files, folders of images, glob patterns")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="predict the first N examples only")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
-    p.add_argument("--batch", type=positive_int, default=1024,
+    p.add_argument("--batch", type=positive_int, default=1024,  # export.predictor.DEFAULT_BATCH (a test checks)
                    help="examples per onnxruntime call (default 1024; a model with a fixed batch axis uses its own)")
     p.add_argument("--top", type=positive_int, default=3, metavar="K", help="classes to show per example (default 3)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: onnxruntime's)")
