@@ -88,7 +88,7 @@ def pair(spec: Path, tmp: Path, limit: int, rounds: int) -> list[float]:
 
     sp = space.read(spec.read_text(), str(spec))
     cands = runner.check_all(sp, runner.pick(sp, "grid", 10_000, 0))
-    widest = max(cands, key=lambda c: (c.flops, c.params))
+    widest = max((c for c in cands if c.problem is None), key=lambda c: (c.flops, c.params))
     one = tmp / "pair.dnn"
     one.write_text(widest.text)
     env = {**os.environ, **runner.trial_env()}
