@@ -207,14 +207,14 @@ class Report:
         """Headline, per-class table with averages and the confusion matrix (when it fits ``width``)."""
         return render_report(self, width)
 
-    def write(self, folder: str | os.PathLike) -> list[Path]:
-        """``folder/metrics.json`` and, for classification with matplotlib, ``folder/confusion.png``."""
+    def write(self, folder: str | os.PathLike, png: bool = True) -> list[Path]:
+        """``folder/metrics.json`` and, for classification with matplotlib and ``png``, ``folder/confusion.png``."""
         from .fileio import atomic_write_text
 
         folder = Path(folder)
         written = [atomic_write_text(folder / METRICS, json.dumps(self.to_dict(), indent=1) + "\n",
                                      make_parents=True)]
-        if self.task == "classification":
+        if self.task == "classification" and png:
             from .plots import write_confusion
 
             png = write_confusion(folder / CONFUSION, self.confusion, self.class_names,

@@ -172,6 +172,8 @@ def test_leaderboard_is_the_same_for_one_and_two_workers(tmp_path, capsys):
     assert (tmp_path / "w1" / "trials" / one[1][1] / "best.npz").exists()  # its run, for dnnspec export
     for w in ("w1", "w2"):  # every trial ran single-threaded, whatever the worker count
         assert {json.loads(p.read_text())["threads"] for p in (tmp_path / w / "trials").glob("*.json")} == {"1"}
+        runs = [p for p in (tmp_path / w / "trials").iterdir() if p.is_dir()]  # no PNGs per trial: --no-plots
+        assert runs and all((r / "history.csv").exists() and not list(r.glob("*.png")) for r in runs)
     assert "best: trial" in capsys.readouterr().out
 
 

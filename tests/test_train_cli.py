@@ -59,6 +59,22 @@ def test_train_writes_the_run_folder(spec, tmp_path, capsys):
     assert acc > 0.85
 
 
+def test_no_plots_writes_the_numbers_without_the_pngs(spec, tmp_path, capsys):
+    """--no-plots: history.csv and metrics.json as usual, no curves.png or confusion.png (where matplotlib draws)."""
+    pytest.importorskip("matplotlib")
+    runs = {}
+    for name, flags in (("plots", []), ("none", ["--no-plots"])):
+        runs[name] = tmp_path / name
+        assert main(["train", str(spec), "--data", str(tmp_path / "blobs.npz"), "--out", str(runs[name]),
+                     "--progress", "none", *flags]) == 0
+    files = {name: {p.name for p in run.iterdir()} for name, run in runs.items()}
+    assert {"curves.png", "confusion.png"} <= files["plots"]
+    assert files["none"] == files["plots"] - {"curves.png", "confusion.png"}
+    assert (runs["none"] / "history.csv").read_text() != "" and (runs["none"] / "metrics.json").exists()
+    assert json.loads((runs["none"] / "metrics.json").read_text())["accuracy"] == \
+        json.loads((runs["plots"] / "metrics.json").read_text())["accuracy"]
+
+
 def test_overrides_limit_and_resume(spec, tmp_path, capsys):
     out = tmp_path / "run"
     data = str(tmp_path / "blobs.npz")

@@ -3,7 +3,7 @@
 A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
 ``Net(model, seed)`` -> ``trainer.fit``. The run folder (default ``runs/<network name>``)
 receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png, and with a test
-split metrics.json and confusion.png. A folder that already holds a run is refused (before
+split metrics.json and confusion.png (``--no-plots``: no PNGs). A folder that already holds a run is refused (before
 the data is loaded) unless ``--resume`` continues it or ``--overwrite`` replaces it.
 ``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking). ``--teacher
 TEACHER.onnx`` distils a teacher into the spec (dnnspec.engine.distill; docs/training.md);
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="use only the first N training examples (quick runs)")
     parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                         help="progress output (default auto: a bar on a terminal, lines otherwise)")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip curves.png and confusion.png (history.csv and metrics.json keep the numbers; "
+                             "dnnspec plot RUN_DIR draws the curves later)")
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="write TensorBoard event files here (loss, accuracy, lr, gradient norms per layer)")
     parser.add_argument("--mlflow", metavar="URI",
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                       resume=args.resume, overwrite=args.overwrite, progress=args.progress, x_test=data.x_test,
                       y_test=data.y_test, out=out, tracker=tracker, teacher=teacher, x_val=data.x_val,
                       y_val=data.y_val, measure_input=init is None,
-                      split_state=None if init is None else split_state(args.init))  # the source's held-out set
+                      split_state=None if init is None else split_state(args.init),  # the source's held-out set
+                      plots=not args.no_plots)
     if args.progress == "none":  # the progress output ends with this line otherwise
         out.write(final_line(history) + "\n")
     return 0

@@ -100,7 +100,8 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
         progress: str | bool | None = "auto", x_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None, on_epoch: Callable[[int, dict], None] | None = None,
         out: TextIO | None = None, overwrite: bool = False, tracker: Any = None, teacher: Any = None,
-        measure_input: bool = True, split_state: dict | None = None, **overrides: Any) -> History:
+        measure_input: bool = True, split_state: dict | None = None, plots: bool = True,
+        **overrides: Any) -> History:
     """Train ``net`` in place on raw inputs ``x`` (N, *input.shape) and labels ``y``; return the History.
 
     Keyword arguments override the spec's ``train`` recipe (``early_stop=``,
@@ -122,6 +123,9 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     ``split_state``: the generator state to draw the validation split from instead of the net's
     current one (``checkpoint.split_state(RUN)`` of the run whose weights this one continues), so
     that on the same data it validates on that run's held-out examples; a resume uses its own.
+    ``plots=False``: no curves.png or confusion.png in ``run_dir`` (history.csv and metrics.json hold
+    their numbers; ``dnnspec plot RUN`` draws the curves later): search trials, where drawing the two
+    took longer than training a small spec.
     """
     t0 = time.perf_counter()
     cfg = _recipe(net, epochs, batch, validation, seed, overrides)
@@ -152,9 +156,9 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     try:
         history = loop.run()
         if x_test is not None and y_test is not None:
-            history.report = _test_report(net, x_test, y_test, run)
+            history.report = _test_report(net, x_test, y_test, run, plots)
             history.test = history.report.summary()
-        if run is not None:
+        if run is not None and plots:
             _write_curves(run, history.rows, history.best_epoch, history.test)
         history.seconds = time.perf_counter() - t0
         if tracker is not None:
@@ -165,13 +169,13 @@ def fit(net: Any, x: np.ndarray, y: np.ndarray, *, x_val: np.ndarray | None = No
     return history
 
 
-def _test_report(net: Any, x_test: np.ndarray, y_test: np.ndarray, run: Path | None) -> Any:
-    """The evaluation of the final weights on the test split; metrics.json and confusion.png in ``run``."""
+def _test_report(net: Any, x_test: np.ndarray, y_test: np.ndarray, run: Path | None, plots: bool = True) -> Any:
+    """The evaluation of the final weights on the test split; metrics.json and (``plots``) confusion.png in ``run``."""
     from ..report import evaluate_net
 
     report = evaluate_net(net, x_test, y_test, "test split")
     if run is not None:
-        report.write(run)
+        report.write(run, png=plots)
     return report
 
 

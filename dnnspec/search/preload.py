@@ -3,8 +3,9 @@
 * matplotlib made ready to draw curves: a process's first plot loads the font list and the
   font and imports the Agg renderer and the PNG writer, ~0.45 s of a 16-run curves.png
   that takes 0.82 s first and 0.37 s after. Done here once, on a two-epoch run drawn into
-  memory, every worker's per-trial curves.png and the search's final one (all forked from
-  the server) start warm. Without matplotlib (the ``plot`` extra) nothing is drawn.
+  memory, the search's final curves.png (drawn by a child of the server, at the end, when
+  nothing else runs) starts warm; trials draw nothing (``--no-plots``). Without matplotlib
+  (the ``plot`` extra) nothing is drawn.
 * The server ends without tearing down its modules (os._exit once its parent has gone): the
   teardown of NumPy, numba and matplotlib took ~0.2 s, during which the server still held
   the command's stdout and stderr, so a caller reading them (a script, a CI log) waited.

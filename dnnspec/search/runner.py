@@ -159,7 +159,7 @@ def _trial(job: dict) -> dict:
     args = parser.parse_args(["--", job["spec"]])
     args.__dict__.update(data=job["data"], data_dir=job["data_dir"], out=str(run), epochs=job["epochs"],
                          seed=job["seed"], resume=job["resume"], overwrite=not job["resume"] and run.exists(),
-                         limit=job["limit"], progress="none")
+                         limit=job["limit"], progress="none", no_plots=True)  # the search draws every trial's curves
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):

@@ -15,7 +15,7 @@ from typing import Any
 
 THREAD_VARS = ("DNNSPEC_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: What the fork server imports once for every worker (see :func:`context`): the trial's modules, then
-#: ``preload`` (matplotlib warmed for every curves.png; a quick exit: search/preload.py).
+#: ``preload`` (matplotlib warmed for the final curves.png; a quick exit: search/preload.py).
 PRELOAD = ("numpy", "dnnspec.search.runner", "dnnspec.commands.train", "dnnspec.engine.fused_kernels",
            "dnnspec.search.preload")
 
