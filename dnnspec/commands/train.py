@@ -3,8 +3,9 @@
 A thin skin over the Python API: ``frontend.load`` -> ``data.load_data`` ->
 ``Net(model, seed)`` -> ``trainer.fit``. The run folder (default ``runs/<network name>``)
 receives checkpoint.npz, best.npz, history.csv, spec.dnn and curves.png, and with a test
-split metrics.json and confusion.png (``--no-plots``: no PNGs). A folder that already holds a run is refused (before
-the data is loaded) unless ``--resume`` continues it or ``--overwrite`` replaces it.
+split metrics.json and confusion.png (``--no-plots``: no PNGs). A folder that already holds
+a run is refused (before the data is loaded) unless ``--resume`` continues it or
+``--overwrite`` replaces it.
 ``--tensorboard DIR`` and ``--mlflow URI`` log the run (dnnspec.tracking). ``--teacher
 TEACHER.onnx`` distils a teacher into the spec (dnnspec.engine.distill; docs/training.md);
 ``--init RUN`` starts from another run's weights (a pruned run, for a distilled fine-tune).
