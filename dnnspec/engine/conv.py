@@ -404,14 +404,11 @@ class Conv2D(_WindowOp):
         kernel = params[self.key("kernel")].astype(self.dtype, copy=False)
         f, c = kernel.shape[:2]
         g = self._g(wk)
-        if flip:  # U[k, l, f, c] = sum_ij G[k, i] kernel[f, c, 2 - i, 2 - j] G[l, j]
-            u = self.buf("wino_ud", (36, f, c))
-            tiles = np.tensordot(g, np.tensordot(kernel[:, :, ::-1, ::-1], g, axes=([3], [1])), axes=([1], [2]))
-            np.copyto(u.reshape(6, 6, f, c), tiles.transpose(0, 3, 1, 2))
-        else:  # U[k, l, c, f] = sum_ij G[k, i] kernel[f, c, i, j] G[l, j]
-            u = self.buf("wino_u", (36, c, f))
-            tiles = np.tensordot(g, np.tensordot(kernel, g, axes=([3], [1])), axes=([1], [2]))
-            np.copyto(u.reshape(6, 6, c, f), tiles.transpose(0, 3, 2, 1))
+        # tiles[k, f, c, l] = sum_ij G[k, i] kernel[f, c, i, j] G[l, j] (flip: kernel[f, c, 2 - i, 2 - j])
+        tiles = np.tensordot(g, np.tensordot(kernel[:, :, ::-1, ::-1] if flip else kernel, g, axes=([3], [1])),
+                             axes=([1], [2]))
+        u = self.buf("wino_ud", (36, f, c)) if flip else self.buf("wino_u", (36, c, f))
+        np.copyto(u.reshape(6, 6, *u.shape[1:]), tiles.transpose((0, 3, 1, 2) if flip else (0, 3, 2, 1)))
         return u
 
     def _g(self, wk) -> np.ndarray:
