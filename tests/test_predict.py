@@ -204,6 +204,9 @@ def test_predict_without_a_batch_runs_bounded_calls(vector_model, monkeypatch):
     got = p.predict(x)
     assert calls == [16, 16, 8]
     np.testing.assert_array_equal(got, p.predict(x, batch=len(x)))  # the same rows in one call
+    calls.clear()
+    np.testing.assert_array_equal(p.predict(x, batch=0), got)  # 0: one call, as it always was
+    assert calls == [40]
     import argparse
 
     parser = argparse.ArgumentParser()

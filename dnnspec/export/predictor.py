@@ -191,7 +191,7 @@ class Predictor:
         batch = DEFAULT_BATCH if batch is None else batch
         if self.fixed_batch is not None:
             batch = self._fixed_batch(n, source)
-        if batch >= n:
+        if not batch or batch >= n:  # batch=0: one run, as before DEFAULT_BATCH
             return self._run(feeds, source)
         parts = [self._run({k: v[i:i + batch] for k, v in feeds.items()}, source) for i in range(0, n, batch)]
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
